@@ -1,0 +1,1 @@
+"""The U-Net of the tutorial (Keydana 2020) for LGG FLAIR-abnormality segmentation."""

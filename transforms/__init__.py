@@ -1,0 +1,1 @@
+"""MONAI readers and dictionary transforms of this project."""
