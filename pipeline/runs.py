@@ -1,0 +1,33 @@
+"""Run folders and run names: where a training run writes, and what it is called."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def readable_run_name(prefix: str = "unet", **settings: object) -> str:
+    """A run name a person can read in MLflow: ``<prefix>-<k><v>...-<yyyymmdd-HHMMSS>``.
+
+    Example: ``readable_run_name("unet", f=6, s=256, e=20)`` -> ``unet-f6-s256-e20-20261125-081500``.
+    """
+    parts = [prefix] + [f"{key}{value}" for key, value in settings.items()]
+    return "-".join(parts + [time.strftime("%Y%m%d-%H%M%S")])
+
+
+def default_workers(limit: int = 4) -> int:
+    """DataLoader workers sized to the machine: one per spare core, at most ``limit``, 0 on 1 core.
+
+    The training step itself uses the cores (torch intra-op threads), so the loader gets the
+    cores beyond the first; with the preprocessed slices cached, augmentation is cheap.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(limit, cores - 1))
+
+
+def make_run_dir(run_dir: str | Path) -> str:
+    """Create the run folder (with ``models/``) and return it as a string."""
+    path = Path(run_dir)
+    (path / "models").mkdir(parents=True, exist_ok=True)
+    return str(path)

@@ -1,0 +1,125 @@
+"""The bundle smoke test: train.json through MONAI's ConfigWorkflow on a few phantom patients.
+
+initialize -> check_properties() == [] -> run -> finalize, then everything the run should have
+left behind is read back: checkpoints from disk, and the MLflow run through MLflow's client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.bundle.test_recipe import one_cycle_lr
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "bundle" / "configs"
+
+TINY = {
+    "epochs": 2,
+    "image_size": 64,
+    "phantom_patients": 4,
+    "network_def#n_filters": 2,
+    "network_def#depth": 3,
+    "num_workers": 0,
+    "show_progress": False,
+    "batch_size": 4,
+    "val_batch_size": 8,
+}
+
+
+def run_bundle(tmp_path: Path, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    settings = dict(TINY, bundle_root=str(tmp_path), **overrides)
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        **settings,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("bundle")
+    workflow = run_bundle(tmp_path)
+    return tmp_path, workflow
+
+
+@pytest.mark.slow
+def test_checkpoints_are_written(trained):
+    tmp_path, workflow = trained
+    ckpt_dir = Path(workflow.parser.get_parsed_content("ckpt_dir"))
+    assert ckpt_dir.parent.parent == tmp_path / "outputs" / "runs"
+    # model.pt: a plain state_dict that loads into the network definition
+    state = torch.load(ckpt_dir / "model.pt", weights_only=True)
+    network = workflow.parser.get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(state)
+    final = torch.load(ckpt_dir / "final.pt", weights_only=True)
+    assert set(final) >= {"network", "optimizer", "lr_scheduler", "trainer"}
+    assert final["trainer"]["epoch"] == 2
+    epochs = sorted(p.name for p in ckpt_dir.glob("checkpoint_epoch=*.pt"))
+    assert epochs == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    assert not list(ckpt_dir.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_phantom_generated_in_the_default_folder_and_split_written(trained):
+    tmp_path, workflow = trained
+    phantom = tmp_path / "outputs" / "phantom_lgg"
+    assert len([p for p in phantom.iterdir() if p.is_dir()]) == 4
+    split_file = Path(workflow.parser.get_parsed_content("split_file"))
+    split = json.loads(split_file.read_text())
+    assert len(split["val"]) == 1 and len(split["train"]) == 3
+    assert not set(split["val"]) & set(split["train"])
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
+    from mlflow import MlflowClient
+
+    tmp_path, workflow = trained
+    uri = f"sqlite:///{(tmp_path / 'outputs' / 'mlflow.db').resolve()}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("lgg-segmentation")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("unet-f2-s64-e2-")
+    params = run.data.params
+    assert params["learning_rate"] == "0.1" and params["batch_size"] == "4" and params["epochs"] == "2"
+    assert params["network.n_filters"] == "2" and params["augment.rotate_degrees"] == "15"
+    assert len(params["dataset_fingerprint"]) >= 8
+    assert "git_commit" in run.data.tags
+
+    n_train = int(params["train_slices"])
+    iterations = 2 * math.ceil(n_train / 4)
+    losses = client.get_metric_history(run.info.run_id, "train_loss_iter")
+    assert sorted(m.step for m in losses) == list(range(1, iterations + 1))
+    # the one-cycle schedule steps every iteration: logged lr after iteration i is the formula's
+    lrs = sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)
+    for metric in lrs:
+        assert math.isclose(metric.value, one_cycle_lr(metric.step, iterations, 0.1), rel_tol=1e-6)
+    for name in ("val_volume_dice", "val_dice", "val_bce", "val_dice_loss", "train_loss"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == [1, 2], name
+        assert all(math.isfinite(m.value) for m in history)
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "models")}
+    assert "config.json" in artifacts and "models/model.pt" in artifacts
+    assert any(a.endswith(".json") and a.startswith(Path(params["split_file"]).stem) for a in artifacts)
+    # the merged config holds the command-line overrides
+    config = json.loads((Path(workflow.parser.get_parsed_content("run_dir")) / "config.json").read_text())
+    assert config["network_def"]["n_filters"] == 2 and config["epochs"] == 2
