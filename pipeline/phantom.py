@@ -321,6 +321,7 @@ def generate_dataset(
             "Choose an empty (or new) folder for the phantom dataset."
         )
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     patients = _plan(n_patients, seed)
     jobs = sorted(patients, key=lambda p: -p.n_slices)  # longest first balances the workers
     workers = min(workers or os.cpu_count() or 1, n_patients)
@@ -334,25 +335,15 @@ def generate_dataset(
         with pool:
             pool.starmap(_write_patient, [(patient, out) for patient in jobs], chunksize=1)
     _write_csv(patients, out / "data.csv", seed)
-    logger.info("Phantom dataset: %d patients in %s (seed %d)", n_patients, out, seed)
+    logger.info(
+        "Wrote the phantom dataset %s: %d patients, %d slices in %.1f s (seed %d)",
+        out,
+        n_patients,
+        sum(p.n_slices for p in patients),
+        time.perf_counter() - start,
+        seed,
+    )
     return out
-
-
-def _best_threshold_dice(flairs: list[np.ndarray], masks: list[np.ndarray]) -> tuple[int, float]:
-    """The single FLAIR threshold (predict ``flair >= t``) with the best mean per-volume Dice.
-
-    Dice is computed per patient over the stacked slices and averaged over patients that have
-    a lesion. Returns ``(threshold, mean Dice)``.
-    """
-    dices = []
-    for flair, mask in zip(flairs, masks):
-        lesion = mask > 0
-        if lesion.any():
-            predicted = np.bincount(flair.ravel(), minlength=256)[::-1].cumsum()[::-1]
-            hits = np.bincount(flair[lesion], minlength=256)[::-1].cumsum()[::-1]
-            dices.append(2 * hits / (predicted + lesion.sum()))
-    mean = np.mean(dices, axis=0)
-    return int(np.argmax(mean)), float(mean.max())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
