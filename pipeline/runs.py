@@ -31,3 +31,27 @@ def make_run_dir(run_dir: str | Path) -> str:
     path = Path(run_dir)
     (path / "models").mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def latest_checkpoint(output_root: str | Path, filename: str = "model.pt") -> str:
+    """``models/<filename>`` of the most recently trained run under ``<output_root>/runs``.
+
+    Raises:
+        FileNotFoundError: no run holds that file; train first or pass ``--ckpt_path``.
+    """
+    candidates = list(Path(output_root).glob(f"runs/*/models/{filename}"))
+    if not candidates:
+        raise FileNotFoundError(
+            f"No trained model ({filename}) under {Path(output_root) / 'runs'}. Train first "
+            "(python -m monai.bundle run training --config_file bundle/configs/train.json) "
+            "or pass --ckpt_path /path/to/model.pt"
+        )
+    return str(max(candidates, key=lambda p: p.stat().st_mtime))
+
+
+def evaluation_dir(ckpt_path: str | Path, output_root: str | Path) -> str:
+    """``<run_dir>/evaluation`` for a checkpoint of a run folder, else ``<output_root>/evaluations/<time>``."""
+    ckpt = Path(ckpt_path).resolve()
+    if ckpt.parent.name == "models" and (ckpt.parent.parent / "mlflow_run.json").is_file():
+        return str(ckpt.parent.parent / "evaluation")
+    return str(Path(output_root) / "evaluations" / time.strftime("%Y%m%d-%H%M%S"))
