@@ -1,0 +1,305 @@
+"""Figures of a segmentation run, written as PNG files: prediction grid, per-patient Dice, learning curves.
+
+Each plotting function draws on its own ``matplotlib.figure.Figure`` (never pyplot's global state, so it
+works headless and in threads), writes the PNG atomically (a temporary file in the same folder, then
+``os.replace``: a reader never sees half a picture) and returns the path. A figure of ``figsize`` inches
+saved at ``dpi`` is exactly ``figsize * dpi`` pixels (no tight bounding box).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from skimage.segmentation import find_boundaries
+
+FLAIR_CHANNEL = 1
+PANEL_INCHES = 2.5
+GRID_COLUMNS = ("FLAIR", "True mask", "Predicted mask", "Overlay")
+TRUE_COLOUR = (0.0, 1.0, 0.0)
+PRED_COLOUR = (1.0, 0.0, 0.0)
+BOTH_COLOUR = (1.0, 1.0, 0.0)
+DEFAULT_METRICS = ("train_loss", "val_dice", "val_volume_dice")
+
+History = dict[str, dict[str, list[tuple[int, float]]]]
+
+
+def _save_atomically(fig: Figure, out_path: str | Path, dpi: int) -> Path:
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # not mkstemp: its file is private (0600) and os.replace would keep that mode
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _binary_mask(mask: Any, name: str) -> np.ndarray:
+    """(H,W) boolean mask from an (H,W) or (1,H,W) array; values above 0.5 are lesion."""
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (H, W) or (1, H, W), got {arr.shape}")
+    return arr > 0.5
+
+
+def overlay_rgb(image_flair: np.ndarray, label: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The FLAIR slice in gray with the outlines of the true and the predicted mask drawn on it.
+
+    An outline pixel is a lesion pixel with a background pixel among its 4 neighbours
+    (``find_boundaries(mode="inner")``), so the outline lies on the mask itself.
+
+    Args:
+        image_flair: (H, W) FLAIR intensities in [0, 1] (values outside are clipped).
+        label: true mask, (H, W) or (1, H, W); values above 0.5 are lesion.
+        pred: predicted mask, same shape and convention as ``label``.
+
+    Returns:
+        float array (H, W, 3) in [0, 1]: the gray image everywhere except on outline pixels, which are
+        green (true outline only), red (predicted outline only) or yellow (both).
+    """
+    flair = np.asarray(image_flair, dtype=float)
+    if flair.ndim != 2:
+        raise ValueError(f"image_flair must have shape (H, W), got {flair.shape}")
+    true_mask, pred_mask = _binary_mask(label, "label"), _binary_mask(pred, "pred")
+    for name, mask in (("label", true_mask), ("pred", pred_mask)):
+        if mask.shape != flair.shape:
+            raise ValueError(f"{name} must match image_flair's shape {flair.shape}, got {mask.shape}")
+    rgb = np.repeat(np.clip(flair, 0.0, 1.0)[..., None], 3, axis=-1)
+    true_edge = find_boundaries(true_mask, mode="inner")
+    pred_edge = find_boundaries(pred_mask, mode="inner")
+    rgb[true_edge & ~pred_edge] = TRUE_COLOUR
+    rgb[pred_edge & ~true_edge] = PRED_COLOUR
+    rgb[true_edge & pred_edge] = BOTH_COLOUR
+    return rgb
+
+
+def prediction_grid(
+    samples: Sequence[Mapping[str, Any]], out_path: str | Path, max_rows: int = 8, dpi: int = 100
+) -> Path:
+    """One row per slice: FLAIR, true mask, predicted mask, and the overlay of both outlines.
+
+    Args:
+        samples: dicts with ``"image"`` (3, H, W) floats in [0, 1] (channel 1 is FLAIR), ``"label"`` and
+            ``"pred"`` binary masks (H, W) or (1, H, W), and ``"title"`` (e.g. patient, slice and Dice).
+        out_path: PNG file to write (its folder is created).
+        max_rows: at most this many samples are drawn, the first ones. Default 8.
+        dpi: resolution; the picture is ``4 * PANEL_INCHES * dpi`` pixels wide and
+            ``rows * PANEL_INCHES * dpi`` high. Default 100.
+
+    Returns:
+        ``out_path`` as a Path.
+
+    Raises:
+        ValueError: no samples, ``max_rows`` below 1, or an array of the wrong shape.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+    if len(samples) == 0:
+        raise ValueError("samples is empty: give at least one slice to draw")
+    rows = samples[:max_rows]
+    width, height = len(GRID_COLUMNS) * PANEL_INCHES, len(rows) * PANEL_INCHES
+    fig = Figure(figsize=(width, height), layout="constrained")
+    for row, (subfig, sample) in enumerate(zip(np.atleast_1d(fig.subfigures(len(rows), 1)), rows)):
+        image = np.asarray(sample["image"], dtype=float)
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"samples[{row}]['image'] must have shape (3, H, W), got {image.shape}")
+        flair = image[FLAIR_CHANNEL]
+        panels = (
+            (flair, "gray"),
+            (_binary_mask(sample["label"], f"samples[{row}]['label']"), "gray"),
+            (_binary_mask(sample["pred"], f"samples[{row}]['pred']"), "gray"),
+            (overlay_rgb(flair, sample["label"], sample["pred"]), None),
+        )
+        subfig.suptitle(str(sample.get("title", "")), fontsize=9)
+        for ax, column, (data, cmap) in zip(subfig.subplots(1, len(GRID_COLUMNS)), GRID_COLUMNS, panels):
+            ax.imshow(data, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(column, fontsize=9)
+    return _save_atomically(fig, out_path, dpi)
+
+
+def dice_order(per_patient: Mapping[str, float]) -> list[str]:
+    """Patients with a defined Dice, best first (ties by patient id); NaN patients are left out."""
+    finite = [(patient, float(dice)) for patient, dice in per_patient.items() if not math.isnan(dice)]
+    return [patient for patient, _ in sorted(finite, key=lambda item: (-item[1], item[0]))]
+
+
+def dice_bar_chart(
+    per_patient: Mapping[str, float], out_path: str | Path, title: str = "Per-patient Dice", dpi: int = 100
+) -> Path:
+    """Bar chart of per-patient (per-volume) Dice, best first, with the mean and median as lines.
+
+    A patient whose true and predicted volumes are both empty has Dice NaN (undefined, not 0 or 1).
+    Such patients get no bar: they are left out of the mean and median (nanmean, nanmedian) and their
+    number is stated in the title, e.g. "Per-patient Dice (27 patients; 3 with empty truth and
+    prediction left out)".
+
+    Args:
+        per_patient: patient id -> Dice in [0, 1] or NaN.
+        out_path: PNG file to write (its folder is created).
+        title: start of the figure title. Default "Per-patient Dice".
+        dpi: resolution. Default 100.
+
+    Returns:
+        ``out_path`` as a Path.
+
+    Raises:
+        ValueError: no patients, or a Dice outside [0, 1] that is not NaN.
+    """
+    if len(per_patient) == 0:
+        raise ValueError("per_patient is empty: give at least one patient's Dice")
+    for patient, dice in per_patient.items():
+        if not (math.isnan(dice) or 0.0 <= dice <= 1.0):
+            raise ValueError(f"Dice of patient {patient!r} must be in [0, 1] or NaN, not {dice}")
+    order = dice_order(per_patient)
+    values = np.array([per_patient[patient] for patient in order], dtype=float)
+    n_nan = len(per_patient) - len(order)
+    heading = f"{title} ({len(order)} patients"
+    heading += f"; {n_nan} with empty truth and prediction left out)" if n_nan else ")"
+    fig = Figure(figsize=(max(6.0, 2.0 + 0.25 * len(per_patient)), 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(heading, fontsize=10)
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0.0, 1.05)
+    if order:
+        ax.bar(range(len(order)), values, color="tab:blue", label="patient")
+        ax.axhline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.3f}")
+        median = float(np.median(values))
+        ax.axhline(median, color="tab:orange", linestyle=":", label=f"median {median:.3f}")
+        ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.legend(loc="upper right", fontsize=8)  # bars are sorted: the lowest end right
+    else:
+        ax.text(0.5, 0.5, "no patient with a defined Dice", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+    return _save_atomically(fig, out_path, dpi)
+
+
+def learning_curves(
+    histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+    out_path: str | Path,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    dpi: int = 100,
+) -> Path:
+    """One subplot per metric, one line per run, value against step (epoch).
+
+    Args:
+        histories: run label -> metric name -> list of (step, value), e.g. from ``mlflow_histories``.
+            A metric a run did not log is skipped for that run; a metric no run logged gets an empty
+            subplot that says so.
+        out_path: PNG file to write (its folder is created).
+        metrics: metric names, one subplot each, in this order.
+            Default ("train_loss", "val_dice", "val_volume_dice").
+        dpi: resolution; the picture is ``4.5 * len(metrics) * dpi`` by ``3.5 * dpi`` pixels. Default 100.
+
+    Returns:
+        ``out_path`` as a Path.
+
+    Raises:
+        ValueError: no runs or no metrics.
+    """
+    if len(histories) == 0:
+        raise ValueError("histories is empty: give at least one run")
+    if len(metrics) == 0:
+        raise ValueError("metrics is empty: name at least one metric to plot")
+    fig = Figure(figsize=(4.5 * len(metrics), 3.5), layout="constrained")
+    for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics):
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for label, run in histories.items():
+            points = sorted(run.get(metric) or [])
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o", markersize=3, label=label)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    return _save_atomically(fig, out_path, dpi)
+
+
+def mlflow_histories(
+    client: Any, run_ids: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS
+) -> History:
+    """Metric histories of MLflow runs, in the shape ``learning_curves`` takes.
+
+    Args:
+        client: an ``mlflow.MlflowClient`` (or anything with ``get_run`` and ``get_metric_history``).
+        run_ids: MLflow run ids.
+        metrics: metric keys to read. Default ("train_loss", "val_dice", "val_volume_dice").
+
+    Returns:
+        run label -> metric -> list of (step, value) sorted by step (then time). A run is labelled by
+        its run name, or its id when it has none; runs sharing a name get their id's first 8
+        characters appended. Metrics a run never logged are absent from its dict.
+    """
+    runs = [(run_id, client.get_run(run_id).info.run_name or run_id) for run_id in run_ids]
+    names = [name for _, name in runs]
+    result: History = {}
+    for run_id, name in runs:
+        label = f"{name} ({run_id[:8]})" if names.count(name) > 1 else name
+        result[label] = {}
+        for metric in metrics:
+            history = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+            if history:
+                result[label][metric] = [(int(m.step), float(m.value)) for m in history]
+    return result
+
+
+def pick_lesion_slices(
+    labels: Sequence[np.ndarray], patients: Sequence[str] | None = None, n: int = 8, seed: int = 0
+) -> list[int]:
+    """Indices of up to ``n`` slices whose true mask is not empty, spread over as many patients as possible.
+
+    Patients are visited in a seeded random order, taking one random lesion slice from each per round,
+    until ``n`` slices are picked; so ``n`` slices come from ``n`` different patients when that many
+    patients have lesions.
+
+    Args:
+        labels: true masks, one per slice (any shape; nonzero is lesion).
+        patients: patient id of each slice, same length as ``labels``. Default None: every slice counts
+            as its own patient.
+        n: number of slices wanted; fewer are returned when fewer slices have lesions. Default 8.
+        seed: seed of the random choice; the same inputs and seed give the same slices. Default 0.
+
+    Returns:
+        the picked indices into ``labels``, ascending.
+
+    Raises:
+        ValueError: ``n`` below 1, or ``patients`` of another length than ``labels``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    if patients is None:
+        patients = [str(i) for i in range(len(labels))]
+    if len(patients) != len(labels):
+        raise ValueError(
+            f"patients must have one id per label: got {len(patients)} ids for {len(labels)} labels"
+        )
+    by_patient: dict[str, list[int]] = {}
+    for index, (label, patient) in enumerate(zip(labels, patients)):
+        if np.any(np.asarray(label)):
+            by_patient.setdefault(str(patient), []).append(index)
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(by_patient[p])) for p in rng.permutation(sorted(by_patient))]
+    picked: list[int] = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(int(queue.pop()))
+    return sorted(picked)
