@@ -53,7 +53,15 @@ _TISSUES = {
     "vessel": (0.70, 0.62, 1.00),
 }
 # feature size in pixels of each smooth noise field of a patient
-_FIELDS = {"surface": 40, "gyri": 10, "sulci": 14, "spots": 6, "vessels": 16, "vessel_gate": 30}
+_FIELDS = {
+    "surface": 40,
+    "gyri": 10,
+    "sulci": 14,
+    "spots": 6,
+    "patches": 12,
+    "vessels": 16,
+    "vessel_gate": 30,
+}
 _FIELDS |= {"lesion_texture": 6, "bias": 100, "bias0": 80, "bias1": 80, "bias2": 80, "texture": 4}
 _SLAB = 2
 
@@ -180,6 +188,8 @@ def _render(patient: _Patient) -> tuple[np.ndarray, np.ndarray]:
     ]
     rim = (rng.uniform(1.5, 4), (0.72, rng.uniform(0.6, 0.85), 0.72))  # periventricular FLAIR rim
     spots = (rng.uniform(2.1, 2.8), (0.74, rng.uniform(0.65, 0.9), 0.74))  # white-matter spots
+    # larger FLAIR-bright patches with normal T1 (gliosis-like): lesion mimics outside the mask
+    patches = (rng.uniform(2.3, 3.3), (tissue["white"][0], rng.uniform(0.62, 0.85), tissue["white"][2]))
     noise = {name: _Noise(rng, n, dz, cell) for name, cell in _FIELDS.items()}
     bias_amp, sigma = rng.uniform(0.1, 0.22), np.float32(rng.uniform(0.015, 0.04))
     if patient.has_lesion:
@@ -190,9 +200,13 @@ def _render(patient: _Patient) -> tuple[np.ndarray, np.ndarray]:
             rng.uniform(-0.25, 0.55) * c,
         )
         lesion_shape = _Noise(rng, n, dz, min(axes[:2]) * 0.8)
-        blur = rng.uniform(1.5, 4.5) / ((axes[0] + axes[1]) / 2)  # edge width, in shape units
-        offset = rng.uniform(-0.3, 0.3) * blur
-        lesion = (rng.uniform(0.45, 0.6), tissue["white"][1] * rng.uniform(1.4, 2.1), rng.uniform(0.48, 0.62))
+        blur = rng.uniform(1.5, 5.5) / ((axes[0] + axes[1]) / 2)  # edge width, in shape units
+        offset = rng.uniform(-0.5, 0.5) * blur
+        lesion = (
+            rng.uniform(0.45, 0.6),
+            tissue["white"][1] * rng.uniform(1.25, 2.1),
+            rng.uniform(0.48, 0.62),
+        )
         cyst = rng.random() < 0.2
 
     signal = np.empty((3, n, SIZE, SIZE), np.float32)
@@ -221,6 +235,7 @@ def _render(patient: _Patient) -> tuple[np.ndarray, np.ndarray]:
             _paint(vol, _ramp(level), tissue["csf"])
         white = _ramp(depth - cortex - 3)
         _paint(vol, _ramp((noise["spots"][zs] - spots[0]) * 6) * white, spots[1])
+        _paint(vol, _ramp((noise["patches"][zs] - patches[0]) * 4) * white, patches[1])
         vessel = _ramp((0.06 - np.abs(noise["vessels"][zs])) * 20) * _ramp(noise["vessel_gate"][zs] - 0.3)
         _paint(vol, vessel * brain, tissue["vessel"])
         if patient.has_lesion:
