@@ -164,7 +164,7 @@ def _render(patient: _Patient) -> tuple[np.ndarray, np.ndarray]:
     a, b, c = rng.uniform(68, 80), rng.uniform(84, 98), rng.uniform(64, 76)  # brain semi-axes, px
     c_low = c * rng.uniform(1.1, 1.3)  # the brain is flatter below its centre
     scalp, skull, csf = rng.uniform(5, 9), rng.uniform(4, 7), rng.uniform(1.5, 3)
-    z = np.linspace(-rng.uniform(0.75, 0.95) * c_low, c + rng.uniform(0.9, 1.1) * (scalp + skull), n)
+    z = np.linspace(-rng.uniform(0.75, 0.95) * c_low, c + rng.uniform(0.4, 0.8) * (scalp + skull), n)
     z = z.astype(np.float32)
     dz = float(z[1] - z[0])
     angle = rng.uniform(-0.25, 0.25)
