@@ -64,20 +64,25 @@ class DatasetReport:
             lines.append(f"{len(self.faults)} faults:")
             lines += [f"  {self._short(path)}: {problem}" for path, problem in self.faults[:max_faults]]
             if len(self.faults) > max_faults:
-                kinds = Counter(problem.split(":")[0].split(" (")[0] for _, problem in self.faults)
+                kinds = Counter(
+                    problem.split(":")[0].split(";")[0].split(" (")[0] for _, problem in self.faults
+                )
                 common = ", ".join(f"{n}x {kind}" for kind, n in kinds.most_common(3))
                 lines.append(f"  ... and {len(self.faults) - max_faults} more (most common: {common})")
         if self.warnings:
             lines.append(f"{len(self.warnings)} warnings:")
             lines += [f"  {warning}" for warning in self.warnings]
         lines.append(
-            "OK" if self.ok else "NOT OK: fix the faults above, then rerun `python -m pipeline check-data`."
+            "OK"
+            if self.ok
+            else f"NOT OK: fix the faults above, then rerun: python -m pipeline check-data {self.dataset_dir}"
         )
         return "\n".join(lines)
 
     def _short(self, path: str) -> str:
         root = Path(self.dataset_dir)
-        return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+        inside = Path(path).is_relative_to(root) and Path(path) != root
+        return str(Path(path).relative_to(root)) if inside else path
 
 
 def _read(path: Path) -> tuple[np.ndarray | None, str, str | None]:
@@ -177,7 +182,7 @@ def _check_patient(files: PatientFiles, report: DatasetReport, sizes: Counter) -
     for stem in sorted(files.masks.keys() - files.images.keys()):
         report.faults.append((str(files.masks[stem]), f"mask without image (expected {stem}.tif beside it)"))
     by_slice: dict[int, list[Path]] = {}
-    for stem, image in files.images.items():
+    for stem, image in sorted(files.images.items(), key=lambda item: PatientFiles.slice_of(item[0])):
         by_slice.setdefault(PatientFiles.slice_of(stem), []).append(image)
         if not stem.startswith(files.patient):
             report.warnings.append(f"{image}: name does not start with its folder name {files.patient}")
@@ -229,6 +234,7 @@ def check_dataset(dataset_dir: str | PathLike) -> DatasetReport:
         return DatasetReport(dataset_dir=path, faults=[(path, str(err))])
     report = DatasetReport(dataset_dir=str(root), n_patients=len(patients))
     sizes: Counter = Counter()
+    n_masks = sum(len(files.masks) for files in patients)
     for files in patients:
         _check_patient(files, report, sizes)
     if report.n_slices == 0:
@@ -242,7 +248,7 @@ def check_dataset(dataset_dir: str | PathLike) -> DatasetReport:
     elif sizes and next(iter(sizes)) != EXPECTED_SIZE:
         h, w = next(iter(sizes))
         report.warnings.append(f"{root}: slices are {h}x{w}, not 256x256 as in the kaggle_3m data")
-    if report.n_lesion_slices == 0:
+    if report.n_lesion_slices == 0 and n_masks:
         report.warnings.append(f"{root}: no mask has a lesion (all are empty); nothing to learn from")
     return report
 
