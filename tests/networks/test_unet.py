@@ -1,0 +1,155 @@
+"""Tests of networks.UNet: shapes, parameter count, argument checks, TorchScript, dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from networks import UNet
+
+
+def _expected_parameters(channels_in: int, n_classes: int, depth: int, n_filters: int) -> int:
+    """Weights plus biases of every convolution, written out from the architecture."""
+
+    def conv3(cin: int, cout: int) -> int:
+        return 9 * cin * cout + cout
+
+    def transposed(cin: int, cout: int) -> int:
+        return 4 * cin * cout + cout
+
+    filters = [2 ** (n_filters + i) for i in range(depth)]
+    total = 0
+    cin = channels_in
+    for f in filters:  # encoder blocks, the last one is the bottleneck
+        total += conv3(cin, f) + conv3(f, f)
+        cin = f
+    for i in range(depth - 1):  # decoder: upsample, then a block on the concatenation
+        total += transposed(filters[i + 1], filters[i])
+        total += conv3(2 * filters[i], filters[i]) + conv3(filters[i], filters[i])
+    total += filters[0] * n_classes + n_classes  # 1x1 head
+    return total
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape"),
+    [
+        ({"n_filters": 2, "depth": 3}, (2, 3, 16, 24)),
+        ({"n_filters": 1, "depth": 1, "channels_in": 1}, (1, 1, 7, 5)),
+        ({"n_filters": 2, "depth": 4, "n_classes": 3, "channels_in": 2}, (1, 2, 32, 8)),
+    ],
+)
+def test_output_shape(kwargs: dict, shape: tuple[int, ...]) -> None:
+    model = UNet(**kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.randn(*shape))
+    assert out.shape == (shape[0], model.n_classes, shape[2], shape[3])
+
+
+def test_parameter_count_at_defaults() -> None:
+    n = _count(UNet())
+    assert n == _expected_parameters(3, 1, 5, 6)
+    assert 30_900_000 < n < 31_100_000
+    assert n == 31_031_745
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"n_filters": 2, "depth": 3}, {"n_filters": 3, "depth": 2, "n_classes": 2}]
+)
+def test_parameter_count_small(kwargs: dict) -> None:
+    model = UNet(**kwargs)
+    assert _count(model) == _expected_parameters(3, model.n_classes, model.depth, model.n_filters)
+
+
+def test_outputs_are_logits() -> None:
+    torch.manual_seed(0)
+    model = UNet(n_filters=2, depth=2).eval()
+    with torch.no_grad():
+        model.head.bias.fill_(-5.0)
+        out = model(torch.randn(1, 3, 8, 8))
+    assert out.max() < 0  # a sigmoid could never give negative values
+
+
+def test_spatial_size_not_divisible() -> None:
+    model = UNet(n_filters=1, depth=5)
+    with pytest.raises(ValueError, match=r"divisible by 16.*\[1, 3, 40, 32\]"):
+        model(torch.randn(1, 3, 40, 32))
+    with pytest.raises(ValueError, match="divisible by 16"):
+        model(torch.randn(1, 3, 32, 24))
+
+
+def test_bad_input_rank_and_channels() -> None:
+    model = UNet(n_filters=1, depth=2)
+    with pytest.raises(ValueError, match=r"3-D shape \[3, 8, 8\]"):
+        model(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="3 input channels"):
+        model(torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("channels_in", 0),
+        ("n_classes", 0),
+        ("depth", 0),
+        ("depth", 2.5),
+        ("n_filters", -1),
+        ("dropout", 1.0),
+        ("dropout", -0.1),
+    ],
+)
+def test_bad_constructor_arguments(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"{name} .*{value}"):
+        UNet(**{name: value})
+
+
+def test_torchscript_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = UNet(n_filters=2, depth=3).eval()
+    scripted = torch.jit.script(model)
+    path = tmp_path / "unet.pt"
+    scripted.save(str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 3, 16, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(torch.jit.Error, match="divisible by 4"):
+        loaded(torch.randn(1, 3, 18, 16))
+
+
+def test_dropout_in_train_mode_only() -> None:
+    torch.manual_seed(0)
+    model = UNet(n_filters=2, depth=2, dropout=0.5)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        model.train()
+        assert not torch.equal(model(x), model(x))
+        model.eval()
+        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
+
+
+def test_zero_dropout_is_deterministic_in_train_mode() -> None:
+    model = UNet(n_filters=2, depth=2, dropout=0.0).train()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
+
+
+def test_channels_last_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    model = UNet(n_filters=2, depth=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_backward_reaches_every_parameter() -> None:
+    model = UNet(n_filters=1, depth=3)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
