@@ -1,0 +1,202 @@
+"""pipeline.inference on real files: TIFF folders, NIfTI, NRRD and MetaImage volumes."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from networks import UNet
+from pipeline.data import DatasetError
+from pipeline.inference import find_inputs, run_inference
+
+
+class BrightFlair(torch.nn.Module):
+    """A network stand-in: a large positive logit where the FLAIR channel (1) is bright."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, 1:2] - 0.5) * 50.0
+
+
+def tiny_unet() -> UNet:
+    torch.manual_seed(0)
+    return UNet(n_filters=2, depth=3)
+
+
+def write_patient(
+    root: Path, patient: str, n: int, size=(32, 32), seed=0, with_mask=False
+) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    folder = root / patient
+    folder.mkdir(parents=True)
+    images = []
+    for k in range(1, n + 1):
+        image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        tifffile.imwrite(folder / f"{patient}_{k}.tif", image)
+        if with_mask:
+            tifffile.imwrite(folder / f"{patient}_{k}_mask.tif", np.full(size, 255, np.uint8))
+        images.append(image)
+    return images
+
+
+def bright_region(shape: tuple[int, int], k: int) -> np.ndarray:
+    """An asymmetric block that moves with the slice: a transpose or flip misplaces it."""
+    region = np.zeros(shape, bool)
+    region[2 + k : 7 + k, 3 : shape[1] - 6 - k] = True
+    return region
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tiff_folder_round_trip(tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    write_patient(data, "TCGA_AA_0001_20000101", 3, seed=1, with_mask=True)
+    write_patient(data, "TCGA_BB_0002_20000102", 11, size=(40, 48), seed=2)
+    masks_before = sorted((data / "TCGA_AA_0001_20000101").glob("*_mask.tif"))
+
+    csv_path = run_inference(data, tiny_unet(), out, image_size=32)
+
+    for patient, n, shape in (
+        ("TCGA_AA_0001_20000101", 3, (32, 32)),
+        ("TCGA_BB_0002_20000102", 11, (40, 48)),
+    ):
+        names = sorted(p.name for p in (out / patient).iterdir())
+        assert names == sorted(f"{patient}_{k}_mask.tif" for k in range(1, n + 1))
+        masks = [tifffile.imread(out / patient / f"{patient}_{k}_mask.tif") for k in range(1, n + 1)]
+        for mask in masks:
+            assert mask.shape == shape and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 255}
+        volume = nib.load(out / f"{patient}_mask.nii.gz")
+        assert volume.shape == (*shape, n)
+        np.testing.assert_array_equal(volume.affine, np.eye(4))
+        # slice order is numeric (10 and 11 after 9), not the order of a sorted listing
+        np.testing.assert_array_equal(np.asarray(volume.dataobj), np.stack(masks, axis=-1) // 255)
+    # masks in the input folder are neither required nor touched
+    assert sorted((data / "TCGA_AA_0001_20000101").glob("*_mask.tif")) == masks_before
+    rows = read_csv(csv_path)
+    assert [r["input"] for r in rows] == ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000102"]
+    assert [r["n_slices"] for r in rows] == ["3", "11"]
+    assert all(r["lesion_volume_mm3"] == "" for r in rows)
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_tiff_mask_lands_on_the_bright_flair_region(tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    patient = "TCGA_CC_0003_20000103"
+    (data / patient).mkdir(parents=True)
+    for k in range(1, 4):
+        image = np.full((32, 32, 3), 10, np.uint8)
+        region = bright_region((32, 32), k)
+        image[..., 1][region] = 250
+        image[..., 0][~region] = 250  # other channels bright elsewhere: catches a channel mix-up
+        image[..., 2][-4:, :] = 250
+        tifffile.imwrite(data / patient / f"{patient}_{k}.tif", image)
+
+    run_inference(data, BrightFlair(), out, image_size=32)
+
+    for k in range(1, 4):
+        mask = tifffile.imread(out / patient / f"{patient}_{k}_mask.tif")
+        np.testing.assert_array_equal(mask, bright_region((32, 32), k) * np.uint8(255))
+
+
+def nifti_volume(shape_ij: tuple[int, int], n: int, channels: int | None = None) -> np.ndarray:
+    """(i, j, k[, c]) volume whose slice k, seen as rows j x columns i, is bright in bright_region."""
+    flair = np.full((*shape_ij, n), 100.0, np.float32)
+    for k in range(n):
+        flair[..., k][bright_region(shape_ij[::-1], k).T] = 900.0
+    if channels is None:
+        return flair
+    return np.stack([flair] * channels, axis=-1)
+
+
+def test_nifti_volume_keeps_shape_affine_and_reports_mm3(tmp_path, caplog):
+    data, out = tmp_path / "in", tmp_path / "out"
+    (data / "sub").mkdir(parents=True)
+    affine = np.array([[0.0, -0.9, 0.0, 100.0], [0.9, 0.0, 0.0, -20.0], [0.0, 0.0, 3.0, 5.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(nifti_volume((32, 24), 5), affine), data / "sub" / "brain.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((32, 24, 5), np.uint8), affine), data / "sub" / "brain_mask.nii.gz")
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+        csv_path = run_inference(data, BrightFlair(), out, image_size=32)
+
+    assert "taken as FLAIR" in caplog.text
+    result = nib.load(out / "sub" / "brain_mask.nii.gz")
+    assert result.shape == (32, 24, 5)
+    np.testing.assert_allclose(result.affine, affine)
+    mask = np.asarray(result.dataobj)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    # resizing 24 -> 32 -> 24 may move an edge by a pixel, never more; a transpose or flip moves it a lot
+    truth = nifti_volume((32, 24), 5) > 500
+    assert np.mean(mask.astype(bool) == truth) > 0.97
+    assert (mask[truth]).mean() > 0.9 and (mask[~truth]).mean() < 0.05
+    rows = read_csv(csv_path)
+    assert [r["input"] for r in rows] == ["sub/brain.nii.gz"]  # the _mask file is ignored
+    assert int(rows[0]["n_slices"]) == 5
+    assert int(rows[0]["lesion_voxels"]) == int(mask.sum())
+    assert float(rows[0]["lesion_volume_mm3"]) == pytest.approx(mask.sum() * 0.9 * 0.9 * 3.0)
+
+
+def test_nifti_three_channels_exact_orientation(tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    volume = nifti_volume((32, 32), 4, channels=3)
+    volume[..., 0] = 900.0 - volume[..., 1]  # pre-contrast bright elsewhere
+    nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 2.0, 1.0])), data / "t.nii")
+
+    run_inference(data, BrightFlair(), out, image_size=32)
+
+    mask = np.asarray(nib.load(out / "t_mask.nii").dataobj)
+    np.testing.assert_array_equal(mask, (volume[..., 1] > 500).astype(np.uint8))
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_itk_volume_same_format_and_geometry(tmp_path, suffix):
+    import itk
+
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    flair = np.transpose(nifti_volume((32, 32), 4), (2, 1, 0))  # ITK arrays are (k, j, i)
+    image = itk.image_from_array(np.ascontiguousarray(flair.astype(np.int16)))
+    image.SetSpacing([0.5, 0.8, 2.5])
+    image.SetOrigin([1.0, 2.0, 3.0])
+    itk.imwrite(image, str(data / f"scan{suffix}"))
+
+    csv_path = run_inference(data, BrightFlair(), out, image_size=32)
+
+    result = itk.imread(str(out / f"scan_mask{suffix}"))
+    mask = itk.array_from_image(result)
+    np.testing.assert_array_equal(mask, (flair > 500).astype(np.uint8))
+    np.testing.assert_allclose(tuple(result.GetSpacing()), (0.5, 0.8, 2.5))
+    np.testing.assert_allclose(tuple(result.GetOrigin()), (1.0, 2.0, 3.0))
+    row = read_csv(csv_path)[0]
+    assert float(row["lesion_volume_mm3"]) == pytest.approx(mask.sum() * 0.5 * 0.8 * 2.5)
+
+
+def test_two_channel_volume_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3, 2), np.float32), np.eye(4)), path)
+    with pytest.raises(ValueError, match="two.nii.gz has 2 channels: expected 3 channels"):
+        run_inference(tmp_path, BrightFlair(), tmp_path / "out", image_size=32)
+
+
+def test_unreadable_volume_is_named(tmp_path):
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti at all")
+    with pytest.raises(ValueError, match="broken.nii.gz"):
+        find_inputs(tmp_path)
+
+
+def test_empty_or_unrecognisable_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing to segment")
+    with pytest.raises(DatasetError, match=f"{tmp_path}.*holds nothing to segment.*expected"):
+        find_inputs(tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        find_inputs(tmp_path / "missing")
