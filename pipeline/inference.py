@@ -36,8 +36,8 @@ Outputs under ``output_dir`` (each written to a temporary file in the same folde
   file, so the rename is atomic), with the input's origin, spacing and direction (ITK).
 - DICOM series folder ``s``: ``s_mask.nii.gz`` written by ITK with the series geometry.
 - ``lesion_volumes.csv``: one row per input, sorted: input, n_slices, lesion_voxels,
-  lesion_volume_mm3 (voxel count times the voxel volume from the NIfTI zooms or ITK spacing;
-  empty for TIFF slices, which carry no spacing).
+  lesion_volume_mm3 (voxel count times the voxel volume from the NIfTI zooms or ITK spacing,
+  rounded to 0.001 mm3; empty for TIFF slices, which carry no spacing).
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ def _nifti_input(path: Path, name: str) -> InferenceInput:
     else:
         raise ValueError(f"{path} has shape {shape}: expected a 3-D volume (i, j, k) with {CHANNELS} last")
     _check_channels(path, channels)
-    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    # zooms are float32 (0.9 is stored as 0.8999999762): 7 significant digits give back the written value
+    spacing = tuple(float(f"{z:.7g}") for z in image.header.get_zooms()[:3])
     return InferenceInput(
         name,
         "nifti",
@@ -507,7 +508,7 @@ class MaskWriter:
         else:
             _write_itk(out, masks, inp.geometry)
         voxels = int(masks.sum())
-        volume = "" if inp.spacing is None else repr(voxels * float(np.prod(inp.spacing)))
+        volume = "" if inp.spacing is None else repr(round(voxels * float(np.prod(inp.spacing)), 3))
         self.rows[inp.name] = {
             "input": inp.name,
             "n_slices": inp.n_slices,

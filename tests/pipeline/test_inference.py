@@ -93,7 +93,7 @@ def test_tiff_mask_lands_on_the_bright_flair_region(tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
     patient = "TCGA_CC_0003_20000103"
     (data / patient).mkdir(parents=True)
-    for k in range(1, 4):
+    for k in range(1, 12):
         image = np.full((32, 32, 3), 10, np.uint8)
         region = bright_region((32, 32), k)
         image[..., 1][region] = 250
@@ -103,9 +103,12 @@ def test_tiff_mask_lands_on_the_bright_flair_region(tmp_path):
 
     run_inference(data, BrightFlair(), out, image_size=32)
 
-    for k in range(1, 4):
+    truth = np.stack([bright_region((32, 32), k) for k in range(1, 12)], axis=-1).astype(np.uint8)
+    for k in range(1, 12):
         mask = tifffile.imread(out / patient / f"{patient}_{k}_mask.tif")
-        np.testing.assert_array_equal(mask, bright_region((32, 32), k) * np.uint8(255))
+        np.testing.assert_array_equal(mask, truth[..., k - 1] * 255)
+    # the patient volume stacks the slices in numeric order (10, 11 after 9) as (H, W, n_slices)
+    np.testing.assert_array_equal(np.asarray(nib.load(out / f"{patient}_mask.nii.gz").dataobj), truth)
 
 
 def nifti_volume(shape_ij: tuple[int, int], n: int, channels: int | None = None) -> np.ndarray:
