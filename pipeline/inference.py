@@ -72,7 +72,7 @@ from monai.transforms import (
 )
 
 import transforms
-from pipeline.data import DatasetError, discover, scan_dataset
+from pipeline.data import TIFF_SUFFIXES, DatasetError, discover, no_slices_message, scan_dataset
 
 __all__ = [
     "InferenceInput",
@@ -94,6 +94,21 @@ EXPECTED_INPUTS = (
     "(.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) or folders holding one DICOM series"
 )
 CSV_NAME = "lesion_volumes.csv"
+# files never opened to look for the DICOM magic number (DICOM files often have no suffix at all)
+NOT_DICOM = {
+    *TIFF_SUFFIXES,
+    ".csv",
+    ".txt",
+    ".json",
+    ".md",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gz",
+    ".zip",
+    ".pt",
+    ".xml",
+}
 
 
 @dataclass
@@ -142,6 +157,8 @@ def _volume_suffix(path: Path) -> str | None:
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() == ".dcm":
         return True
+    if path.suffix.lower() in NOT_DICOM:
+        return False
     try:
         with open(path, "rb") as handle:
             return handle.read(132)[128:] == b"DICM"
@@ -191,6 +208,13 @@ def _itk_input(path: Path, name: str, kind: str) -> InferenceInput:
 
     try:
         if kind == "dicom":
+            series = itk.GDCMSeriesFileNames.New(Directory=str(path))
+            uids = list(series.GetSeriesUIDs())
+            if len(uids) != 1:
+                raise DatasetError(
+                    f"DICOM folder {path} holds {len(uids)} series: expected one series per folder; "
+                    "move each series into a folder of its own"
+                )
             # a series has no single header: read it once here for its geometry
             image = itk.imread(str(path))
             dims = tuple(image.GetLargestPossibleRegion().GetSize())
@@ -210,6 +234,8 @@ def _itk_input(path: Path, name: str, kind: str) -> InferenceInput:
             spacing = tuple(float(reader.GetSpacing(i)) for i in range(n))
             origin = tuple(float(reader.GetOrigin(i)) for i in range(n))
             direction = np.array([reader.GetDirection(i) for i in range(n)], dtype=float).T
+    except DatasetError:
+        raise
     except Exception as error:
         raise _unreadable(path, error) from error
     if len(dims) != 3:
@@ -281,6 +307,8 @@ def find_inputs(dataset_dir: str | os.PathLike) -> list[InferenceInput]:
             name = here.relative_to(root).as_posix() if here != root else root.name
             inputs.append(_itk_input(here, name, "dicom"))
     if not inputs:
+        if any(p.suffix.lower() in TIFF_SUFFIXES for p in root.iterdir()):
+            raise DatasetError(no_slices_message(root))
         raise DatasetError(f"input folder {root} holds nothing to segment; {EXPECTED_INPUTS}.")
     inputs.sort(key=lambda inp: inp.name)
     logger.info("Found %d inputs (%d slices) in %s", len(inputs), sum(i.n_slices for i in inputs), root)
@@ -458,6 +486,17 @@ class MaskWriter:
         self.inputs = list(inputs)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
+        for inp in self.inputs:
+            # writing beside the inputs would overwrite ground-truth masks (<stem>_mask.tif, x_mask.nii.gz)
+            folder = inp.path if inp.kind == "tiff" else inp.path.parent
+            written = (
+                self.output_dir / inp.name if inp.kind == "tiff" else inp.mask_path(self.output_dir).parent
+            )
+            if written.resolve() == folder.resolve():
+                raise ValueError(
+                    f"output_dir {self.output_dir} would write the masks of {inp.name} into its input folder "
+                    f"{folder}, overwriting any masks there; choose another output_dir"
+                )
         self.pending: dict[int, np.ndarray] = {}
         self.received: dict[int, int] = {}
         self.rows: dict[str, dict] = {}

@@ -203,3 +203,56 @@ def test_empty_or_unrecognisable_folder(tmp_path):
         find_inputs(tmp_path)
     with pytest.raises(DatasetError, match="does not exist"):
         find_inputs(tmp_path / "missing")
+
+
+def write_dicom_series(folder: Path, flair_kji: np.ndarray) -> None:
+    """One DICOM file per slice, named without a suffix as scanners often do."""
+    import itk
+
+    folder.mkdir(parents=True)
+    for k, plane in enumerate(flair_kji):
+        image = itk.image_from_array(np.ascontiguousarray(plane.astype(np.int16)))
+        image.SetSpacing([0.5, 0.8])
+        tags = image.GetMetaDataDictionary()
+        tags["0020|0032"] = f"1\\2\\{3 + 2.5 * k}"  # image position: slices 2.5 mm apart
+        tags["0020|0037"] = "1\\0\\0\\0\\1\\0"
+        tags["0028|0030"] = "0.8\\0.5"
+        tags["0020|000d"] = "1.2.826.0.1.1"
+        tags["0020|000e"] = "1.2.826.0.1.1.1"
+        tags["0020|0013"] = str(k + 1)
+        tags["0008|0060"] = "MR"
+        writer = itk.GDCMImageIO.New()
+        writer.KeepOriginalUIDOn()
+        itk.imwrite(image, str(folder / f"IM{k:04d}"), imageio=writer)
+
+
+def test_dicom_series_folder(tmp_path):
+    import itk
+
+    data, out = tmp_path / "in", tmp_path / "out"
+    flair = np.transpose(nifti_volume((32, 32), 4), (2, 1, 0))  # (k, j, i)
+    write_dicom_series(data / "patient7" / "flair", flair)
+
+    csv_path = run_inference(data, BrightFlair(), out, image_size=32)
+
+    result = itk.imread(str(out / "patient7" / "flair_mask.nii.gz"))
+    np.testing.assert_array_equal(itk.array_from_image(result), (flair > 500).astype(np.uint8))
+    np.testing.assert_allclose(tuple(result.GetSpacing()), (0.5, 0.8, 2.5))
+    np.testing.assert_allclose(tuple(result.GetOrigin()), (1.0, 2.0, 3.0))
+    row = read_csv(csv_path)[0]
+    assert (row["input"], row["n_slices"]) == ("patient7/flair", "4")
+
+
+def test_output_dir_inside_the_inputs_is_refused(tmp_path):
+    patient = "TCGA_AA_0001_20000101"
+    write_patient(tmp_path, patient, 2, with_mask=True)
+    truth = tifffile.imread(tmp_path / patient / f"{patient}_1_mask.tif")
+    with pytest.raises(ValueError, match="overwriting any masks there; choose another output_dir"):
+        run_inference(tmp_path, BrightFlair(), tmp_path, image_size=32)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / patient / f"{patient}_1_mask.tif"), truth)
+
+
+def test_slices_without_patient_folders_get_the_layout_hint(tmp_path):
+    tifffile.imwrite(tmp_path / "TCGA_AA_0001_20000101_1.tif", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError, match="holds .tif files directly instead of patient folders"):
+        find_inputs(tmp_path)
