@@ -103,5 +103,7 @@ class EvaluationTracking:
     def _learning_curves(self, client: Any, out_dir: Path) -> Path:
         from pipeline import figures
 
-        histories = figures.mlflow_histories(client, [self.run_id], ("train_loss", "val_dice", "val_volume_dice"))
+        histories = figures.mlflow_histories(
+            client, [self.run_id], ("train_loss", "val_dice", "val_volume_dice")
+        )
         return figures.learning_curves(histories, out_dir / "learning_curves.png")

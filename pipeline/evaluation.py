@@ -53,7 +53,9 @@ class FlipTTAInferer(Inferer):
         super().__init__()
         self.tta = tta
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs
+    ) -> torch.Tensor:
         plain = network(inputs, *args, **kwargs)
         if plain.shape[1] != 1:
             raise ValueError(f"FlipTTAInferer expects a network with 1 output channel, got {plain.shape[1]}")
@@ -115,7 +117,9 @@ class EvaluationReport:
             logits = torch.as_tensor(output["pred"]).detach().float().cpu().numpy()
             patient, index = str(batch["patient"]), int(batch["slice"])
             if index in self.slices[patient]:
-                raise ValueError(f"slice {index} of patient {patient} was evaluated twice; check the datalist")
+                raise ValueError(
+                    f"slice {index} of patient {patient} was evaluated twice; check the datalist"
+                )
             image = torch.as_tensor(batch["image"]).detach().cpu().numpy()
             self.slices[patient][index] = {
                 "prob": _sigmoid(logits[0]).astype(np.float32),
@@ -159,7 +163,8 @@ class EvaluationReport:
         samples = []
         flat = [(p, i, s) for p in sorted(self.slices) for i, s in sorted(self.slices[p].items())]
         labels = [s["truth"] for _, _, s in flat]
-        for k in figures.pick_lesion_slices(labels, n=self.n_picture_slices, seed=0):
+        patients = [p for p, _, _ in flat]
+        for k in figures.pick_lesion_slices(labels, patients=patients, n=self.n_picture_slices, seed=0):
             patient, index, s = flat[k]
             pred = s["prob"] > self.threshold
             dice = metrics.dice(pred, s["truth"])
@@ -289,7 +294,9 @@ def evaluation_records(prepared: Any, eval_set: str = "val") -> list[dict]:
     """
     if eval_set not in ("val", "all"):
         raise ValueError(f"eval_set must be 'val' or 'all', not {eval_set!r}")
-    records = prepared.val if eval_set == "val" else sorted(
-        prepared.train + prepared.val, key=lambda r: (r["patient"], r["slice"])
+    records = (
+        prepared.val
+        if eval_set == "val"
+        else sorted(prepared.train + prepared.val, key=lambda r: (r["patient"], r["slice"]))
     )
     return [dict(r, image_file=r["image"], label_file=r["label"]) for r in records]

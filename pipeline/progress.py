@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from ignite.engine import Engine, Events
@@ -18,7 +19,8 @@ class TrainingProgress:
 
     Args:
         evaluator: the validation evaluator whose metrics the summary line shows. Default None.
-        bar: show a tqdm progress bar. Default True; disable it with ``--show_progress false``.
+        bar: show a tqdm progress bar when stderr is a terminal. Default True; disable it with
+            ``--show_progress false``. Without a terminal only the per-epoch lines are logged.
         enabled: False makes it a no-op (other ranks than 0 under torch.distributed). Default True.
     """
 
@@ -36,7 +38,7 @@ class TrainingProgress:
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
-        if self.bar and self.enabled:
+        if self.bar and self.enabled and sys.stderr.isatty():  # a bar in a log file is noise
             from ignite.handlers import ProgressBar
 
             ProgressBar(persist=False, bar_format=None).attach(
@@ -69,4 +71,4 @@ class TrainingProgress:
 def _loss(output: object) -> float:
     if isinstance(output, list):
         output = output[0]
-    return float(output["loss"])  # type: ignore[index]
+    return float(output["loss"].detach())  # type: ignore[index]

@@ -50,7 +50,7 @@ def latest_checkpoint(output_root: str | Path, filename: str = "model.pt") -> st
 
 
 def evaluation_dir(ckpt_path: str | Path, output_root: str | Path) -> str:
-    """``<run_dir>/evaluation`` for a checkpoint of a run folder, else ``<output_root>/evaluations/<time>``."""
+    """``<run_dir>/evaluation`` for a run folder's checkpoint, else ``<output_root>/evaluations/<time>``."""
     ckpt = Path(ckpt_path).resolve()
     if ckpt.parent.name == "models" and (ckpt.parent.parent / "mlflow_run.json").is_file():
         return str(ckpt.parent.parent / "evaluation")

@@ -75,6 +75,15 @@ def _active_bundle_config() -> dict | None:
     return None
 
 
+def shared_handler(handler: Any) -> Any:
+    """Return ``handler`` itself: lets ``train#handlers`` list an object defined elsewhere as a dict.
+
+    MONAI's ``check_properties`` expects every entry of ``train#handlers`` to be a dict with a
+    ``_target_``; a bare ``"@mlflow_tracking"`` reference would break it.
+    """
+    return handler
+
+
 def _is_locked(error: Exception) -> bool:
     return "database is locked" in str(error).lower()
 
@@ -188,8 +197,11 @@ class MLflowTracking:
 
     # -- ignite ---------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
-        """Attach to a trainer (has an optimizer) or to an evaluator; attaching twice is a no-op."""
-        if hasattr(engine, "optimizer"):
+        """Attach to a trainer or to an evaluator; attaching twice is a no-op."""
+        from monai.engines import Trainer
+
+        # MONAI attaches handlers before the trainer has its optimizer attribute: test the class
+        if isinstance(engine, Trainer):
             handlers = [
                 (Events.STARTED, self.start),
                 (Events.ITERATION_COMPLETED, self.iteration_completed),
@@ -289,7 +301,7 @@ class MLflowTracking:
     def iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
-        values = {"train_loss_iter": float(loss)}
+        values = {"train_loss_iter": float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)}
         for i, group in enumerate(engine.optimizer.param_groups):
             values[f"lr_group_{i}" if i else "lr"] = float(group["lr"])
         self._buffer.extend(self._metrics(values, engine.state.iteration))
@@ -301,7 +313,7 @@ class MLflowTracking:
         self._log("iteration metrics", metrics=buffered)
 
     def epoch_completed(self, engine: Engine) -> None:
-        if hasattr(engine, "optimizer"):
+        if hasattr(engine, "optimizer"):  # the trainer (attached handlers run after __init__)
             self.flush()
         metrics = dict(engine.state.metrics)
         best = getattr(engine.state, "best_metric", None)
