@@ -24,9 +24,10 @@ class TrainingProgress:
         enabled: False makes it a no-op (other ranks than 0 under torch.distributed). Default True.
     """
 
-    def __init__(self, evaluator: Engine | None = None, bar: bool = True, enabled: bool = True) -> None:
+    def __init__(self, evaluator: Engine | None = None, bar: bool | str = True, enabled: bool = True) -> None:
         self.evaluator = evaluator
-        self.bar = bar
+        # `--show_progress false` on the command line arrives as the string "false"
+        self.bar = bar.strip().lower() in ("1", "true", "yes", "on") if isinstance(bar, str) else bool(bar)
         self.enabled = enabled
         self._loss_sum = 0.0
         self._count = 0
