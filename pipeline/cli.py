@@ -14,6 +14,9 @@ import logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipeline.phantom", "write a phantom dataset in the kaggle_3m layout"),
     "check-data": ("pipeline.checks", "validate a dataset folder in the kaggle_3m layout"),
+    "compare": ("pipeline.compare", "compare MLflow runs: table and overlaid learning curves"),
+    "export": ("pipeline.export", "export a trained model as a MONAI bundle folder and .zip"),
+    "verify-bundle": ("pipeline.verify", "verify an exported bundle offline (schema, network, hashes)"),
 }
 
 
