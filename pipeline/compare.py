@@ -28,6 +28,9 @@ DEFAULT_EXPERIMENT = "lgg-segmentation"
 DEFAULT_METRIC = "val_volume_dice"
 CURVES = ("train_loss", "val_dice", "val_volume_dice")
 VALUE_WIDTH = 24
+# where a run wrote its split differs with every output folder; dataset_fingerprint and the
+# patient counts say whether the data and the split were the same
+IGNORED_PARAMS = frozenset({"split_file"})
 
 
 @dataclass
@@ -84,8 +87,11 @@ def summarize_run(client: Any, run: Any, metric: str = DEFAULT_METRIC) -> RunSum
 
 
 def differing_params(runs: Sequence[RunSummary]) -> list[str]:
-    """Parameter names whose value is not the same in every run (a missing one counts as different)."""
-    names = sorted({name for run in runs for name in run.params})
+    """Parameter names whose value is not the same in every run (a missing one counts as different).
+
+    ``IGNORED_PARAMS`` (the split file's path) are left out.
+    """
+    names = sorted({name for run in runs for name in run.params} - IGNORED_PARAMS)
     return [n for n in names if len({run.params.get(n) for run in runs}) > 1]
 
 
