@@ -1,0 +1,1 @@
+"""Speed benchmarks of the bundle against bare PyTorch and a tutorial-style peer (not tests)."""

@@ -1,0 +1,384 @@
+"""Speed of the bundle against bare PyTorch and a tutorial-style peer, on one phantom dataset.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--out DIR]
+
+All figures come from one process run on the same data, so the ratios are comparable even on a
+shared, noisy machine (the absolute figures are not). The bundle's pieces are built the way
+``python -m monai.bundle run training`` builds them: bundle/configs/train.json (plus demo.json
+for the demo size) parsed with monai.bundle.ConfigParser, with only the paths and the lengths of
+the timed runs overridden. Torch's thread count is left at its default, as the bundle leaves it.
+
+Sections: 1 reading (files/s), 2 the training DataLoader alone (samples/s, from the cache),
+3 training step time of the bundle's SupervisedTrainer vs a bare loop, 4 inference (slices/s),
+5 a tutorial-style plain-PyTorch pipeline (benchmarks/tutorial_peer.py), then the targets of
+DESIGN.md (Performance). Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import tifffile
+import torch
+from ignite.engine import Events
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere: import the project's packages
+    sys.path.insert(0, str(ROOT))
+
+from monai.bundle import ConfigParser  # noqa: E402
+from monai.data import ITKReader, PILReader  # noqa: E402
+from monai.transforms import LoadImaged  # noqa: E402
+
+from benchmarks.tutorial_peer import train_one_epoch, tutorial_loader  # noqa: E402
+from networks import UNet  # noqa: E402
+from pipeline.phantom import generate_dataset  # noqa: E402
+from transforms import TiffReader  # noqa: E402
+
+CONFIGS = ROOT / "bundle" / "configs"
+TRAIN = [CONFIGS / "train.json"]
+DEMO = [CONFIGS / "train.json", CONFIGS / "demo.json"]
+TARGET_STEP_RATE = 0.95  # training step rate of the bundle / bare loop
+TARGET_LOADER = 3.0  # loader samples/s / samples/s the full-size model consumes
+TARGET_READER = 0.5  # our reader's files/s / bare tifffile's
+UNet_ARGS = ("channels_in", "n_classes", "depth", "n_filters", "dropout")
+
+results: dict[str, dict] = {}
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def record(section: str, **values: float | int | str) -> None:
+    results.setdefault(section, {}).update(values)
+
+
+def plain(x: torch.Tensor) -> torch.Tensor:
+    """A plain tensor (no MetaTensor), contiguous and owned."""
+    return (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).clone()
+
+
+# -- data -----------------------------------------------------------------------------------------
+def dataset(out: Path, patients: int) -> Path:
+    data_dir = out / "phantom"
+    if any(data_dir.glob("TCGA_*")):
+        say(f"phantom: reusing {data_dir}")
+        return data_dir
+    start = time.perf_counter()
+    generate_dataset(data_dir, n_patients=patients, seed=0)
+    say(f"phantom: {patients} patients in {time.perf_counter() - start:.1f} s -> {data_dir}")
+    return data_dir
+
+
+def bundle_parser(files: list[Path], root: Path, data_dir: Path, steps: int | None) -> ConfigParser:
+    """train.json (+ overlay) with the paths pointed at the benchmark's folders.
+
+    The trainer runs one epoch of ``steps`` iterations (all batches when None). The
+    ValidationHandler is dropped and TrainingProgress gets no evaluator, so the validation set is
+    neither cached nor run; every other training handler (LR schedule, progress, checkpoints,
+    MLflow) stays. All edits happen before anything is instantiated, so the trainer reuses the
+    very DataLoader (and cache) that section 2 times.
+    """
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.update(
+        {
+            "bundle_root": str(root),
+            "dataset_dir": str(data_dir),
+            "phantom_dir": str(data_dir),
+            "show_progress": False,
+            "train#trainer#max_epochs": 1,
+            "train#trainer#epoch_length": steps,
+        }
+    )
+    handlers = [h for h in parser["train#handlers"] if h.get("_target_") != "ValidationHandler"]
+    for handler in handlers:
+        if handler.get("_target_") == "pipeline.progress.TrainingProgress":
+            handler["evaluator"] = None
+    parser["train#handlers"] = handlers
+    return parser
+
+
+# -- 1. reading -----------------------------------------------------------------------------------
+def bench_reading(records: list[dict], rounds: int) -> None:
+    say(f"\n== 1. reading: files/s over the same slice+mask files (best of {rounds} rounds) ==")
+    files = [r[k] for r in records for k in ("image", "label")]
+    loaders: dict[str, Callable[[], None]] = {}
+    for name, reader in (
+        ("TiffReader (ours)", TiffReader),
+        ("ITKReader", ITKReader),
+        ("PILReader", PILReader),
+    ):
+        load = LoadImaged(keys=["image", "label"], reader=reader(), image_only=True)
+        loaders[name] = lambda load=load: [load(r) for r in records]
+    loaders["bare tifffile.imread"] = lambda: [tifffile.imread(f) for f in files]
+    best = dict.fromkeys(loaders, 0.0)
+    for _ in range(rounds):  # interleaved rounds: a noisy neighbour hits every reader alike
+        for name, run in loaders.items():
+            start = time.perf_counter()
+            run()
+            best[name] = max(best[name], len(files) / (time.perf_counter() - start))
+    for name, rate in best.items():
+        say(f"  {name:22s} {rate:8.0f} files/s")
+    ratio = best["TiffReader (ours)"] / best["bare tifffile.imread"]
+    say(f"  ours / bare tifffile: {ratio:.2f}")
+    record("reading", files=len(files), **{k: round(v, 1) for k, v in best.items()}, ratio=ratio)
+
+
+# -- 2. loader alone ------------------------------------------------------------------------------
+def bench_loader(parser: ConfigParser, label: str, epochs: int) -> float:
+    start = time.perf_counter()
+    loader = parser.get_parsed_content("train#dataloader")
+    built = time.perf_counter() - start
+    n = len(loader.dataset)
+    say(
+        f"  [{label}] built train#dataloader, {n} slices cached in {built:.1f} s ({n / built:.0f} slices/s); "
+        f"batch {loader.batch_size}, num_workers {loader.num_workers}"
+    )
+    rates = []
+    for epoch in range(epochs):
+        start, samples = time.perf_counter(), 0
+        for batch in loader:
+            samples += batch["image"].shape[0]
+        rates.append(samples / (time.perf_counter() - start))
+        say(f"  [{label}] epoch {epoch + 1}: {rates[-1]:.0f} samples/s ({type(batch['image']).__name__})")
+    record(f"loader {label}", cache_seconds=built, slices=n, samples_per_s=rates[-1])
+    return rates[-1]
+
+
+# -- 3. training ----------------------------------------------------------------------------------
+def bare_steps(parser: ConfigParser, image: torch.Tensor, label: torch.Tensor, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` training steps (after one warm-up) of a fresh copy of the network."""
+    torch.manual_seed(0)
+    network = UNet(**{k: parser.get_parsed_content(f"network_def#{k}") for k in UNet_ARGS})
+    network.train()
+    loss_function = parser.get_parsed_content("loss")
+    optimizer = torch.optim.SGD(
+        network.parameters(),
+        lr=parser.get_parsed_content("learning_rate"),
+        momentum=parser.get_parsed_content("momentum"),
+    )
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_function(network(image), label)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def trainer_steps(parser: ConfigParser, skip: int) -> tuple[list[float], list[float], float]:
+    """Run the bundle's trainer; per-iteration seconds and batch-wait seconds, and the epoch's seconds.
+
+    An iteration's time is the interval between two ITERATION_COMPLETED events: the batch fetch,
+    the step and every handler. The first ``skip`` iterations are warm-up and not returned.
+    """
+    trainer = parser.get_parsed_content("train#trainer")
+    stamps: list[float] = []
+    waits: list[float] = []
+    fetch: dict[str, float] = {}
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: stamps.append(time.perf_counter()))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: stamps.append(time.perf_counter()))
+    trainer.add_event_handler(Events.GET_BATCH_STARTED, lambda _: fetch.update(t=time.perf_counter()))
+    trainer.add_event_handler(
+        Events.GET_BATCH_COMPLETED, lambda _: waits.append(time.perf_counter() - fetch["t"])
+    )
+    trainer.run()
+    parser.get_parsed_content("mlflow_tracking").close()
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return steps[skip:], waits[skip:], stamps[-1] - stamps[0]
+
+
+def bench_training(parser: ConfigParser, label: str, bare_n: int, skip: int) -> dict[str, float]:
+    loader = parser.get_parsed_content("train#dataloader")
+    batch = next(iter(loader))
+    image, mask = plain(batch["image"]), plain(batch["label"])
+    bare_before = bare_steps(parser, image, mask, bare_n)
+    trainer, waits, epoch = trainer_steps(parser, skip)
+    bare_after = bare_steps(parser, image, mask, bare_n) if label == "demo" else []
+    bare = statistics.mean(bare_before + bare_after)
+    ours = statistics.mean(trainer)
+    say(
+        f"  [{label}] batch {tuple(image.shape)}: bare loop {bare:.3f} s/step "
+        f"({len(bare_before + bare_after)} steps), bundle trainer {ours:.3f} s/step ({len(trainer)} "
+        f"iterations; of which waiting for the batch {statistics.mean(waits):.4f} s)"
+    )
+    ratio = bare / ours
+    say(f"  [{label}] step rate trainer / bare: {ratio:.3f}")
+    values = {
+        "bare_s_per_step": bare,
+        "trainer_s_per_step": ours,
+        "trainer_batch_wait_s": statistics.mean(waits),
+        "ratio": ratio,
+        "epoch_s": epoch,
+        "iterations": len(trainer) + skip,
+        "batch_size": image.shape[0],
+    }
+    record(f"training {label}", **values)
+    return values
+
+
+# -- 4. inference ---------------------------------------------------------------------------------
+def bench_inference(root: Path, data_dir: Path, patients: int) -> None:
+    subset = root / "inference_input"
+    subset.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(data_dir.glob("TCGA_*"))[:patients]:
+        link = subset / folder.name
+        if not link.exists():
+            link.symlink_to(folder, target_is_directory=True)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(
+        {
+            "bundle_root": str(root),
+            "dataset_dir": str(subset),
+            "output_dir": str(root / "inference_output"),
+            "image_size": 128,
+            "network_def#n_filters": 3,
+            "network_def#dropout": 0.1,
+            "network": "$@network_def.to(@device)",  # untrained weights: the speed is the same
+        }
+    )
+    evaluator = parser.get_parsed_content("evaluator")
+    slices = sum(inp.n_slices for inp in parser.get_parsed_content("inputs"))
+    start = time.perf_counter()
+    evaluator.run()
+    ours = slices / (time.perf_counter() - start)
+    network = parser.get_parsed_content("network").eval()
+    batch_size = parser.get_parsed_content("batch_size")
+    images = torch.rand(batch_size, 3, 128, 128)
+    with torch.no_grad():
+        network(images)
+        start = time.perf_counter()
+        for first in range(0, slices, batch_size):
+            network(images[: min(batch_size, slices - first)])
+    bare = slices / (time.perf_counter() - start)
+    say(
+        f"  inference.json (demo network, 128 px, batch {batch_size}), {slices} slices of {patients} "
+        f"patients, read + preprocess + predict + write masks: {ours:.1f} slices/s"
+    )
+    say(f"  bare forward of the same network on in-memory tensors: {bare:.1f} slices/s")
+    say(f"  bundle / bare: {ours / bare:.2f}")
+    record("inference", slices=slices, bundle_slices_per_s=ours, bare_slices_per_s=bare, ratio=ours / bare)
+
+
+# -- 5. the tutorial-style peer ---------------------------------------------------------------------
+def bench_peer(parser: ConfigParser, ours: dict[str, float]) -> None:
+    data = parser.get_parsed_content("data")
+    size = parser.get_parsed_content("image_size")
+    batch_size = parser.get_parsed_content("batch_size")
+    workers = parser.get_parsed_content("num_workers")
+    loader = tutorial_loader(data.train, data.weights, size, batch_size, workers)
+    start, samples = time.perf_counter(), 0
+    for batch in loader:
+        samples += batch["image"].shape[0]
+    alone = samples / (time.perf_counter() - start)
+    torch.manual_seed(0)
+    network = UNet(**{k: parser.get_parsed_content(f"network_def#{k}") for k in UNet_ARGS})
+    optimizer = torch.optim.SGD(
+        network.parameters(),
+        lr=parser.get_parsed_content("learning_rate"),
+        momentum=parser.get_parsed_content("momentum"),
+    )
+    seconds, samples = train_one_epoch(network, parser.get_parsed_content("loss"), optimizer, loader)
+    ours_loader = results["loader demo"]["samples_per_s"]
+    cache = results["loader demo"]["cache_seconds"]
+    say(
+        f"  peer loader alone (read + augment per item, no cache): {alone:.0f} samples/s "
+        f"vs ours {ours_loader:.0f}"
+    )
+    say(
+        f"  one training epoch, {samples} samples, batch {batch_size}, {workers} worker(s): "
+        f"peer {seconds:.1f} s, ours {ours['epoch_s']:.1f} s (plus {cache:.1f} s to fill the cache once) "
+        f"-> ours is "
+        f"{seconds / ours['epoch_s']:.2f}x as fast per epoch"
+    )
+    record(
+        "peer",
+        loader_samples_per_s=alone,
+        epoch_s=seconds,
+        samples=samples,
+        ours_epoch_s=ours["epoch_s"],
+        ours_cache_s=cache,
+        speedup=seconds / ours["epoch_s"],
+    )
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer files, patients and steps (~3 min)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the data and outputs (kept)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    quick = args.quick
+    with tempfile.TemporaryDirectory(prefix="lgg-bench-") as tmp:
+        out = (args.out or Path(tmp)).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        say(
+            f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads (the bundle's default), "
+            f"{'quick' if quick else 'full'} run"
+        )
+        data_dir = dataset(out, 6 if quick else 10)
+        demo = bundle_parser(DEMO, out / "bundle", data_dir, steps=None)
+        records = demo.get_parsed_content("data").train
+        bench_reading(records[: 100 if quick else 200], rounds=2 if quick else 3)
+
+        say("\n== 2. training DataLoader alone (train#dataloader, augmentation from the cache) ==")
+        loader_demo = bench_loader(demo, "demo", epochs=2)
+        full = bundle_parser(TRAIN, out / "bundle", data_dir, steps=2 if quick else 3)
+        loader_full = bench_loader(full, "full", epochs=1 if quick else 2)
+
+        say("\n== 3. training step: bundle SupervisedTrainer (data from the cached loader) vs bare loop ==")
+        say("  (one epoch, ValidationHandler dropped; trainer time = interval between ITERATION_COMPLETED)")
+        train_demo = bench_training(demo, "demo", bare_n=5 if quick else 10, skip=2)
+        train_full = bench_training(full, "full", bare_n=1 if quick else 2, skip=1)
+
+        say("\n== 4. inference: inference.json evaluator vs bare forward ==")
+        bench_inference(out / "bundle", data_dir, patients=1 if quick else 2)
+
+        say("\n== 5. tutorial-style plain-PyTorch peer (benchmarks/tutorial_peer.py), demo size ==")
+        bench_peer(demo, train_demo)
+
+        consumed_full = train_full["batch_size"] / train_full["bare_s_per_step"]
+        consumed_demo = train_demo["batch_size"] / train_demo["bare_s_per_step"]
+        checks = [
+            ("training step rate, demo size (trainer / bare)", train_demo["ratio"], TARGET_STEP_RATE),
+            ("training step rate, full size (trainer / bare)", train_full["ratio"], TARGET_STEP_RATE),
+            ("loader alone / model's consumption, full size", loader_full / consumed_full, TARGET_LOADER),
+            ("reader (ours / bare tifffile)", results["reading"]["ratio"], TARGET_READER),
+        ]
+        say("\n== targets (DESIGN.md, Performance) ==")
+        for name, value, target in checks:
+            verdict = "met" if value >= target else "MISSED"
+            say(f"  {name:50s} {value:8.2f}  target >= {target:<5g} {verdict}")
+        say(
+            f"  (info) loader alone / model's consumption, demo size: {loader_demo / consumed_demo:.2f} "
+            f"({loader_demo:.0f} vs {consumed_demo:.1f} samples/s)"
+        )
+        record("targets", **{name: value for name, value, _ in checks})
+        total = time.perf_counter() - started
+        say(f"\ntotal {total:.0f} s")
+        (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
+        if args.out:
+            say(f"results in {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
