@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 
 def readable_run_name(prefix: str = "unet", **settings: object) -> str:
@@ -55,3 +56,30 @@ def evaluation_dir(ckpt_path: str | Path, output_root: str | Path) -> str:
     if ckpt.parent.name == "models" and (ckpt.parent.parent / "mlflow_run.json").is_file():
         return str(ckpt.parent.parent / "evaluation")
     return str(Path(output_root) / "evaluations" / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def cached_dataset(data: list, transform: Any, num_workers: int | None = None) -> Any:
+    """MONAI CacheDataset of ``data``, filled with one torch thread per worker thread.
+
+    The deterministic transforms are many small tensor operations; with several torch threads
+    each costs milliseconds of thread hand-off (measured 13-35x slower to fill on 2 cores), so
+    the cache is filled by ``num_workers`` Python threads running single-threaded torch.
+
+    Args:
+        data: the datalist.
+        transform: the full transform chain (cached up to its first random transform).
+        num_workers: filling threads. Default None: one per core.
+    """
+    import torch
+    from monai.data import CacheDataset
+
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = num_workers or cores
+    torch.set_num_threads(1)
+    try:
+        return CacheDataset(
+            data=data, transform=transform, cache_rate=1.0, num_workers=workers, progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
