@@ -61,7 +61,8 @@ class TrainingProgress:
             return
         parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}"]
         parts.append(f"train_loss {engine.state.metrics['train_loss']:.4f}")
-        if self.evaluator is not None:
+        # the evaluator's metrics only when it ran this epoch (val_interval may skip epochs)
+        if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch:
             for name, value in sorted(self.evaluator.state.metrics.items()):
                 if isinstance(value, float):
                     parts.append(f"{name} {value:.4f}")
