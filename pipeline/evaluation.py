@@ -17,9 +17,8 @@ keys), ``per_slice.csv`` and pictures, and logs them to MLflow.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 
 from pipeline import metrics
+from pipeline.atomic import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class EvaluationReport:
         summary["checkpoint"] = self.checkpoint
         summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         files = {"summary": self.output_dir / "summary.json", "per_slice": self.output_dir / "per_slice.csv"}
-        _write_json(files["summary"], summary)
+        write_json(files["summary"], summary)
         _write_csv(files["per_slice"], rows)
         if self.pictures:
             files.update(self._pictures(summary))
@@ -270,19 +270,12 @@ def _csv_number(value: float) -> str:
     return "" if not np.isfinite(value) else f"{value:.6f}"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def evaluation_records(prepared: Any, eval_set: str = "val") -> list[dict]:

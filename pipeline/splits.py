@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import write_json
 from pipeline.data import DatasetError
 
 __all__ = ["SplitError", "default_n_val", "load_or_create_split"]
@@ -119,19 +118,6 @@ def _load(path: Path, patients: list[str], n_val: int | None) -> dict:
     return {"train": sorted(train), "val": sorted(val), "seed": seed, "n_val": len(val)}
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_or_create_split(
     patients: Sequence[str], split_file: str | PathLike, n_val: int | None = None, seed: int = 0
 ) -> dict:
@@ -172,7 +158,7 @@ def load_or_create_split(
     order = np.random.default_rng(seed).permutation(len(names))
     val = sorted(names[i] for i in order[:k])
     split = {"train": sorted(set(names) - set(val)), "val": val, "seed": seed, "n_val": k}
-    _write_atomic(path, split)
+    write_json(path, split)
     logger.info(
         "Wrote a new split %s: %d train / %d validation patients (seed %d)", path, len(names) - k, k, seed
     )

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from pipeline.atomic import write_json
+
 logger = logging.getLogger(__name__)
 
 # a remote server that does not answer should cost seconds, not MLflow's default minutes
@@ -292,9 +294,9 @@ class MLflowTracking:
             "tracking_uri": self.tracking_uri,
             "experiment": self.experiment_name,
         }
-        _write_json(self.run_dir / "mlflow_run.json", record)
+        write_json(self.run_dir / "mlflow_run.json", record)
         if self._config is not None:
-            _write_json(self.run_dir / "config.json", self._config)
+            write_json(self.run_dir / "config.json", self._config)
             if str(self.run_dir / "config.json") not in self.artifacts:
                 self.artifacts.append(str(self.run_dir / "config.json"))
 
@@ -359,9 +361,3 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)

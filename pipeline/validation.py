@@ -150,10 +150,11 @@ class ProbabilityLoss(_ItemMetric):
         self._sums = np.zeros(4)  # bce sum, pixel count, sum(p*y), sum(p)+sum(y)
 
     def update_item(self, output: dict, batch: dict) -> None:
-        p = torch.as_tensor(output["pred"]).detach().double().clamp(self.eps, 1 - self.eps)
+        raw = torch.as_tensor(output["pred"]).detach().double()
         y = torch.as_tensor(output["label"]).detach().double()
+        p = raw.clamp(self.eps, 1 - self.eps)  # clipped for the logarithms only
         bce = -(y * p.log() + (1 - y) * (1 - p).log())
-        self._sums += [float(bce.sum()), p.numel(), float((p * y).sum()), float(p.sum() + y.sum())]
+        self._sums += [float(bce.sum()), raw.numel(), float((raw * y).sum()), float(raw.sum() + y.sum())]
 
     def compute(self) -> float:
         total = np.sum(_gather(self._sums), axis=0)
