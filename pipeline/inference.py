@@ -13,10 +13,18 @@ is accepted too), in any mix:
 
 Volumes, decisions:
 
-- Slices are the last voxel axis (k). No reorientation is done: a volume whose third axis is not
-  axial must be resliced first. Slice k is shown to the network as rows = the second voxel axis
-  (j), columns = the first (i): for DICOM this is the stored pixel matrix (rows x columns) from
-  which the kaggle_3m TIFFs were exported, and ITK and nibabel give the same slice of a file.
+- Slices are the last voxel axis (k). Slice k is shown to the network as rows = the second voxel
+  axis (j), columns = the first (i): for DICOM this is the stored pixel matrix (rows x columns)
+  from which the kaggle_3m TIFFs were exported, and ITK and nibabel give the same slice of a file.
+- Orientation (NIfTI affine, ITK direction; :mod:`pipeline.orientation`): no reorientation is
+  done. A volume whose slices are not axial (its third voxel axis closer to left-right or
+  anterior-posterior than to superior-inferior) is a ValueError naming the file, its axis codes
+  and a one-line reslice. Oblique axial (e.g. tilted 20 degrees) and either slice order (S->I,
+  I->S) are accepted. An axial volume upside down (rows posterior->anterior) or with rows and
+  columns swapped relative to the training slices (columns left/right, rows anterior->posterior)
+  is segmented with a warning: training flipped slices left-right, never upside down.
+- Bad volumes (unreadable, wrong channel count, not axial) are found by :func:`find_inputs`,
+  before any mask is written: one bad volume in a folder stops the run with no output written.
 - Channels: a 3-channel volume (4-D NIfTI with the channel last, or a vector pixel type in ITK)
   is (pre-contrast T1, FLAIR, post-contrast T1) as is; a single-channel volume is taken as FLAIR
   and copied into the three channels (as the dataset does for missing sequences), with a
@@ -73,6 +81,7 @@ from monai.transforms import (
 
 import transforms
 from pipeline.data import TIFF_SUFFIXES, DatasetError, discover, no_slices_message, scan_dataset
+from pipeline.orientation import check_axial, itk_directions, nifti_directions
 
 __all__ = [
     "InferenceInput",
@@ -191,6 +200,7 @@ def _nifti_input(path: Path, name: str) -> InferenceInput:
     else:
         raise ValueError(f"{path} has shape {shape}: expected a 3-D volume (i, j, k) with {CHANNELS} last")
     _check_channels(path, channels)
+    check_axial(path, nifti_directions(image.affine), "nifti")
     # zooms are float32 (0.9 is stored as 0.8999999762): 7 significant digits give back the written value
     spacing = tuple(float(f"{z:.7g}") for z in image.header.get_zooms()[:3])
     return InferenceInput(
@@ -241,6 +251,7 @@ def _itk_input(path: Path, name: str, kind: str) -> InferenceInput:
     if len(dims) != 3:
         raise ValueError(f"{path} has {len(dims)} dimensions {dims}: expected a 3-D volume with {CHANNELS}")
     _check_channels(path, channels)
+    check_axial(path, itk_directions(direction), kind)
     geometry = {"origin": origin, "spacing": spacing, "direction": direction}
     return InferenceInput(name, kind, path, int(dims[2]), spacing=spacing, geometry=geometry)
 
@@ -270,8 +281,8 @@ def find_inputs(dataset_dir: str | os.PathLike) -> list[InferenceInput]:
 
     Raises:
         DatasetError: ``dataset_dir`` is missing, or holds nothing recognisable.
-        ValueError: a volume is unreadable or has a channel count other than 1 or 3 (the
-            message names the file).
+        ValueError: a volume is unreadable, has a channel count other than 1 or 3, or its
+            slices are not axial (the message names the file).
     """
     root = Path(dataset_dir).expanduser().resolve()
     if not root.exists():

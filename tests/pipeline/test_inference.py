@@ -256,3 +256,121 @@ def test_slices_without_patient_folders_get_the_layout_hint(tmp_path):
     tifffile.imwrite(tmp_path / "TCGA_AA_0001_20000101_1.tif", np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DatasetError, match="holds .tif files directly instead of patient folders"):
         find_inputs(tmp_path)
+
+
+def rotation_x(degrees: float) -> np.ndarray:
+    """Rotation about the left-right axis: tilts axial slices toward coronal."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def nifti_with_axes(path: Path, directions: np.ndarray, n: int = 4) -> np.ndarray:
+    """A (32, 24, n) FLAIR volume whose voxel axes i, j, k point along the columns of ``directions`` (RAS)."""
+    affine = np.eye(4)
+    affine[:3, :3] = directions
+    volume = nifti_volume((32, 24), n)
+    nib.save(nib.Nifti1Image(volume, affine), path)
+    return volume
+
+
+def itk_with_direction(path: Path, direction_lps: np.ndarray) -> None:
+    import itk
+
+    flair = np.transpose(nifti_volume((32, 24), 4), (2, 1, 0))  # (k, j, i)
+    image = itk.image_from_array(np.ascontiguousarray(flair.astype(np.int16)))
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction_lps, dtype=float)))
+    itk.imwrite(image, str(path))
+
+
+def test_sagittal_nifti_is_refused_naming_file_orientation_and_fix(tmp_path, monkeypatch):
+    # i -> posterior, j -> superior, k -> right: sagittal slices, axis codes "PSR"
+    directions = np.array([[0.0, 0.0, 1.2], [-0.9, 0.0, 0.0], [0.0, 0.9, 0.0]])
+    path = tmp_path / "in" / "sag.nii.gz"
+    path.parent.mkdir()
+    nifti_with_axes(path, directions)
+    with pytest.raises(ValueError) as caught:
+        find_inputs(tmp_path / "in")
+    message = str(caught.value)
+    assert str(path) in message
+    assert "slices are sagittal, not axial" in message and "'PSR'" in message
+    assert "runs left-right" in message and "Reslice it to axial first" in message
+    # the suggested fix works: its output is accepted, in the training layout
+    monkeypatch.chdir(tmp_path)
+    exec(message.split("e.g. in Python: ")[1], {"nib": nib, "path": str(path)})
+    [fixed] = find_inputs(tmp_path / "axial.nii.gz")
+    assert fixed.n_slices == 24  # the 24 inferior-superior voxels (j) became the slices
+    assert "".join(nib.aff2axcodes(nib.load(tmp_path / "axial.nii.gz").affine)) == "LPS"
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_coronal_itk_volume_is_refused_naming_file_orientation_and_fix(tmp_path, monkeypatch, suffix):
+    import itk
+
+    # DICOM-style coronal (LPS): i -> left, j -> inferior, k -> posterior; axis codes "LIP"
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+    path = tmp_path / f"cor{suffix}"
+    itk_with_direction(path, direction)
+    with pytest.raises(ValueError) as caught:
+        find_inputs(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "slices are coronal, not axial" in message and "'LIP'" in message
+    assert "runs anterior-posterior" in message
+    monkeypatch.chdir(tmp_path)
+    exec(message.split("e.g. in Python: ")[1], {"itk": itk, "path": str(path)})
+    [fixed] = find_inputs(tmp_path / "axial.nrrd")
+    assert fixed.n_slices == 24  # the 24 inferior-superior voxels (j) became the slices
+
+
+def test_a_sagittal_volume_among_good_ones_stops_the_run_before_writing(tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    write_patient(data, "TCGA_AA_0001_20000101", 2)
+    nifti_with_axes(data / "a_good.nii.gz", np.diag([-1.0, -1.0, 1.0]))
+    nifti_with_axes(data / "z_sagittal.nii.gz", np.array([[0.0, 0, 1], [-1, 0, 0], [0, 1, 0]]))
+    with pytest.raises(ValueError, match="z_sagittal.nii.gz: slices are sagittal"):
+        run_inference(data, BrightFlair(), out, image_size=32)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "directions", "warning"),
+    [
+        ("training layout LPS", np.diag([-1.0, -1.0, 1.0]), None),
+        ("slices flipped LPI", np.diag([-1.0, -1.0, -1.0]), None),
+        ("left-right flipped RPS", np.diag([1.0, -1.0, 1.0]), None),
+        ("oblique 20 degrees", rotation_x(20) @ np.diag([-1.0, -1.0, 1.0]), None),
+        ("upside down LAS", np.diag([-1.0, 1.0, 1.0]), "rows run posterior->anterior"),
+        ("transposed ALS", np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]), "rows and columns are swapped"),
+    ],
+)
+def test_axial_volumes_are_accepted_flipped_or_oblique(tmp_path, caplog, name, directions, warning):
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    volume = nifti_with_axes(data / "scan.nii.gz", directions)
+
+    with caplog.at_level(logging.INFO, logger="pipeline.orientation"):
+        run_inference(data, BrightFlair(), out, image_size=32)
+
+    # the mask comes back in the input's own voxel grid, whatever the affine says
+    mask = np.asarray(nib.load(out / "scan_mask.nii.gz").dataobj)
+    assert np.mean(mask.astype(bool) == (volume > 500)) > 0.97
+    records = [r for r in caplog.records if r.name == "pipeline.orientation"]
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    if warning is None:
+        assert warnings == [], name
+    else:
+        assert len(warnings) == 1 and warning in warnings[0] and "scan.nii.gz" in warnings[0], warnings
+    if "oblique" in name:
+        assert "oblique axial slices (tilted 20 degrees" in caplog.text
+
+
+@pytest.mark.parametrize(("degrees", "refused"), [(20, False), (40, False), (50, True)])
+def test_oblique_itk_volume_is_axial_while_closest_to_superior_inferior(tmp_path, degrees, refused):
+    # ITK directions are LPS: tilting the slice axis toward posterior, past 45 degrees it is coronal
+    path = tmp_path / "tilted.mha"
+    itk_with_direction(path, rotation_x(degrees))
+    if refused:
+        with pytest.raises(ValueError, match="tilted.mha: slices are coronal"):
+            find_inputs(path)
+    else:
+        assert find_inputs(path)[0].n_slices == 4
