@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("pipeline.compare", "compare MLflow runs: table and overlaid learning curves"),
     "export": ("pipeline.export", "export a trained model as a MONAI bundle folder and .zip"),
     "verify-bundle": ("pipeline.verify", "verify an exported bundle offline (schema, network, hashes)"),
+    "import-bundle": ("pipeline.bundle_import", "unpack a received bundle .zip safely and verify it"),
 }
 
 

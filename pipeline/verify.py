@@ -8,6 +8,16 @@
 - the ONNX model against the TorchScript one on the same random input (onnxruntime, 1e-4);
 - the sha256 of every model file against ``model_files`` in the metadata.
 
+Nothing in the bundle is loaded or evaluated before it is checked: the sha256 hashes come first
+(a model file that changed after export is not loaded); then the pickles of ``model.pt`` and
+``model.ts`` are read opcode by opcode (:mod:`pipeline.pickle_scan`) and ``model.pt`` is loaded
+weights-only; and the ``$`` expressions and ``_target_`` components of ``inference.json`` (which
+MONAI runs as Python) must be those ``python -m pipeline export`` writes, so that verifying a
+received bundle cannot run code placed in its configs.
+
+``DIR`` may also be a bundle .zip: it is unpacked safely into a temporary folder with
+:func:`pipeline.bundle_import.import_bundle`, which verifies it.
+
 Exit code 0 when everything holds, 1 otherwise; each failure names its file.
 """
 
@@ -109,7 +119,69 @@ def check_hashes(bundle: Path) -> list[str]:
         if expected is None:
             problems.append(f"{bundle / 'configs' / 'metadata.json'}: no sha256 recorded for {name}")
         elif sha256(bundle / name) != expected:
-            problems.append(f"{bundle / name}: sha256 differs from metadata.json (file changed after export)")
+            problems.append(
+                f"{bundle / name}: sha256 differs from metadata.json (file changed after export); not loaded"
+            )
+    return problems
+
+
+def check_pickles(bundle: Path) -> list[str]:
+    """model.pt and model.ts pickle only tensors (and TorchScript modules); model.pt loads weights-only."""
+    import torch
+
+    from pipeline.pickle_scan import check_torch_file
+
+    weights = bundle / "models" / "model.pt"
+    problems = check_torch_file(weights) + check_torch_file(bundle / "models" / "model.ts", torchscript=True)
+    if problems:
+        return problems
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        return [f"{weights}: cannot be loaded weights-only ({_first_line(error)})"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return [f"{weights}: holds a {type(state).__name__} with non-tensor values, expected a state_dict"]
+    return []
+
+
+def _strings(value: object, key: str = ""):
+    """(key path, string) of every string in a JSON value."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{key}#{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{key}#{i}")
+    elif isinstance(value, str):
+        yield key, value
+
+
+def check_expressions(bundle: Path) -> list[str]:
+    """inference.json runs only the code ``export`` writes; metadata.json holds no expressions."""
+    from pipeline.export import standalone_inference_config
+
+    exported = dict(_strings(standalone_inference_config(256)))
+    code = {v for k, v in exported.items() if v.startswith(("$", "%")) or k.endswith("_target_")}
+    problems = []
+    for name in ("configs/inference.json", "configs/metadata.json"):
+        path = bundle / name
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            problems.append(f"{path}: not readable JSON ({_first_line(error)})")
+            continue
+        for key, value in _strings(config):
+            if name.endswith("metadata.json"):  # MONAI runs "$import ..." anywhere, even in _meta_
+                is_code, allowed = value.startswith(("$", "%")), set()
+            else:
+                is_code, allowed = value.startswith(("$", "%")) or key.endswith("_target_"), code
+            if is_code and value not in allowed:
+                problems.append(
+                    f"{path}: {key} = {value[:80]!r} is code that `python -m pipeline export` does not "
+                    "write; MONAI would run it, so the bundle was not loaded"
+                )
+        if name.endswith("inference.json") and config.get("network_def") != exported["network_def"]:
+            problems.append(f"{path}: network_def is not the exported TorchScript loader; not loaded")
     return problems
 
 
@@ -119,7 +191,13 @@ def verify_bundle(bundle_dir: str | Path) -> list[str]:
     missing = [f"{bundle / name}: missing" for name in REQUIRED_FILES if not (bundle / name).is_file()]
     if missing:
         return missing
-    problems = check_metadata(bundle) + check_hashes(bundle)
+    hash_problems = check_hashes(bundle)
+    problems = check_metadata(bundle) + hash_problems
+    if hash_problems:  # nothing that changed after export is loaded
+        return problems
+    unsafe = check_pickles(bundle) + check_expressions(bundle)
+    if unsafe:
+        return problems + unsafe
     network_problems = check_network(bundle)
     problems += network_problems
     if not network_problems:
@@ -128,10 +206,24 @@ def verify_bundle(bundle_dir: str | Path) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", metavar="DIR", help="an exported bundle folder")
+    parser.add_argument("bundle", metavar="DIR", help="an exported bundle folder, or its .zip")
 
 
 def main(args: argparse.Namespace) -> int:
+    path = Path(args.bundle)
+    if path.suffix.lower() == ".zip" and path.is_file():
+        import tempfile
+
+        from pipeline.bundle_import import import_bundle
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                import_bundle(path, Path(tmp) / "bundle")
+            except (ValueError, OSError) as error:
+                logger.error("%s", error)
+                return 1
+        print(f"{path}: safe to unpack; metadata, network in/out, ONNX parity and sha256 hashes verified")
+        return 0
     problems = verify_bundle(args.bundle)
     for problem in problems:
         logger.error("%s", problem)
