@@ -21,7 +21,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from pipeline import staging
 
 logger = logging.getLogger(__name__)
 
@@ -263,31 +264,25 @@ def _render(patient: _Patient) -> tuple[np.ndarray, np.ndarray]:
     return image, mask.astype(np.uint8) * np.uint8(255)
 
 
-def _write_patient(patient: _Patient, out_dir: Path) -> int:
-    """Render one patient into ``<out_dir>/<folder>`` via a temporary folder; returns its slices."""
+def _write_patient(patient: _Patient, out_dir: Path) -> None:
+    """Render one patient into ``<out_dir>/<folder>`` (``out_dir``: the staging folder)."""
     image, mask = _render(patient)
-    partial = out_dir / f".partial-{patient.folder}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    (out_dir / patient.folder).mkdir()
     for k in range(1, patient.n_slices + 1):
-        stem = partial / f"{patient.folder}_{k}"
+        stem = out_dir / patient.folder / f"{patient.folder}_{k}"
         tifffile.imwrite(f"{stem}.tif", image[k - 1], photometric="rgb", metadata=None)
         tifffile.imwrite(f"{stem}_mask.tif", mask[k - 1], photometric="minisblack", metadata=None)
-    partial.rename(out_dir / patient.folder)
-    return patient.n_slices
 
 
 def _write_csv(patients: list[_Patient], path: Path, seed: int) -> None:
     rng = np.random.default_rng([seed, 1])
-    partial = path.with_name(f".partial-{path.name}")
-    with open(partial, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         f.write(CSV_HEADER + "\n")
         writer = csv.writer(f, lineterminator="\n")
         for name in sorted(p.folder.rsplit("_", 1)[0] for p in patients):
             values = [int(rng.integers(lo, hi + 1)) for lo, hi, _ in _CSV_VALUES]
             blanks = [rng.random() < blank for _, _, blank in _CSV_VALUES]
             writer.writerow([name] + ["" if e else v for v, e in zip(values, blanks)])
-    partial.replace(path)
 
 
 @contextlib.contextmanager
@@ -310,6 +305,9 @@ def generate_dataset(
 ) -> Path:
     """Write a phantom dataset in the kaggle_3m layout (see DESIGN.md) into ``out_dir``.
 
+    Written to a staging folder beside ``out_dir`` and renamed into place when complete: a killed
+    run leaves ``out_dir`` as it was; the next run removes its leftovers (:mod:`pipeline.staging`).
+
     Args:
         out_dir: target folder, created if missing; must hold no ``TCGA_*`` folders yet.
         n_patients: number of patients, default 110 (the real set's count); 1 to 9000.
@@ -327,38 +325,40 @@ def generate_dataset(
     _check_int("seed", seed, 0)
     if workers is not None:
         _check_int("workers", workers, 1)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} is a file; expected a folder for the phantom dataset")
-    if out.is_dir() and any(out.glob("TCGA_*")):
-        raise FileExistsError(
-            f"out_dir {out} is not empty: it already holds TCGA_* patient folders. "
-            "Choose an empty (or new) folder for the phantom dataset."
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    target = Path(out_dir).expanduser().resolve()  # symlinked: stage beside the folder it points to
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"out_dir {out_dir} is a file; expected a folder for the phantom dataset")
     start = time.perf_counter()
-    patients = _plan(n_patients, seed)
-    jobs = sorted(patients, key=lambda p: -p.n_slices)  # longest first balances the workers
-    workers = min(workers or os.cpu_count() or 1, n_patients)
-    if workers == 1:
-        for patient in jobs:
-            _write_patient(patient, out)
-    else:
-        # one BLAS thread per worker: the workers already fill the cores, more threads thrash
-        with _environment(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
-            pool = multiprocessing.get_context("spawn").Pool(workers)
-        with pool:
-            pool.starmap(_write_patient, [(patient, out) for patient in jobs], chunksize=1)
-    _write_csv(patients, out / "data.csv", seed)
+    with staging.locked(target):
+        staging.recover(target)
+        if target.is_dir() and any(target.glob("TCGA_*")):
+            raise FileExistsError(
+                f"out_dir {out_dir} is not empty: it already holds TCGA_* patient folders. "
+                "Choose an empty (or new) folder for the phantom dataset."
+            )
+        patients = _plan(n_patients, seed)
+        jobs = sorted(patients, key=lambda p: -p.n_slices)  # longest first balances the workers
+        workers = min(workers or os.cpu_count() or 1, n_patients)
+        with staging.staged(target, f"phantom dataset: {n_patients} patients, seed {seed}\n") as folder:
+            if workers == 1:
+                for patient in jobs:
+                    _write_patient(patient, folder)
+            else:
+                # one BLAS thread per worker: the workers already fill the cores, more threads thrash
+                with _environment(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
+                    pool = multiprocessing.get_context("spawn").Pool(workers)
+                with pool:
+                    pool.starmap(_write_patient, [(patient, folder) for patient in jobs], chunksize=1)
+            _write_csv(patients, folder / "data.csv", seed)
     logger.info(
         "Wrote the phantom dataset %s: %d patients, %d slices in %.1f s (seed %d)",
-        out,
+        target,
         n_patients,
         sum(p.n_slices for p in patients),
         time.perf_counter() - start,
         seed,
     )
-    return out
+    return Path(out_dir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,9 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from pipeline import staging
 from pipeline.phantom import _plan, _render, generate_dataset
+from pipeline.prepare import ensure_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 # the header of the real kaggle_3m data.csv, copied here so the tests never read ../shared
@@ -63,7 +68,7 @@ def rendered() -> list:
 def test_layout_folders_slices_and_masks(dataset):
     folders = sorted(p for p in dataset.iterdir() if p.is_dir())
     assert len(folders) == 4
-    assert sorted(p.name for p in dataset.iterdir() if p.is_file()) == ["data.csv"]
+    assert sorted(p.name for p in dataset.iterdir() if p.is_file()) == [".complete", "data.csv"]
     for folder in folders:
         match = FOLDER.match(folder.name)
         assert match, folder.name
@@ -204,3 +209,84 @@ def test_cli_writes_the_dataset_and_refuses_to_overwrite(tmp_path):
     assert len(list(tmp_path.glob("TCGA_*"))) == 3 and (tmp_path / "data.csv").is_file()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The 2-patient phantom of seed 1 (22 and 24 slices), generated without a kill."""
+    return generate_dataset(tmp_path_factory.mktemp("ref") / "ref", n_patients=2, seed=1, workers=1)
+
+
+@pytest.mark.parametrize("before", ["missing", "holding a README"])
+def test_a_killed_synth_leaves_no_data_and_the_next_run_regenerates(tmp_path, uninterrupted, before):
+    target = tmp_path / "phantom_lgg"  # the default phantom folder of a training run
+    if before != "missing":
+        target.mkdir()
+        (target / "README.txt").write_text("phantom data goes here\n")
+    command = [sys.executable, "-m", "pipeline", "synth", "--out", str(target)]
+    command += ["--patients", "2", "--seed", "1", "--workers", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.rglob("*.tif"))) < 6:  # a few slices written, wherever they go
+            assert process.poll() is None, "synth ended before it could be killed"
+            assert time.monotonic() < deadline, "synth wrote no slices within 60 s"
+            time.sleep(0.01)
+        assert process.poll() is None, "synth ended before it could be killed"
+    finally:
+        process.kill()  # SIGKILL: no clean-up runs
+        process.wait()
+
+    # the slices written so far are beside the target, not in it
+    before_files = [] if before == "missing" else ["README.txt"]
+    assert (sorted(p.name for p in target.iterdir()) if target.exists() else []) == before_files
+    [leftover] = staging.leftovers(target)
+    assert list(leftover.rglob("*.tif")) and not (leftover / staging.COMPLETE).exists()
+
+    assert ensure_dataset(target, target, phantom_patients=2, seed=1) is True  # not taken as data
+
+    assert staging.leftovers(target) == []
+    hashes, expected = _hashes(target), _hashes(uninterrupted)
+    if before != "missing":
+        assert (target / "README.txt").read_text() == "phantom data goes here\n"
+        del hashes["README.txt"]
+    assert sorted(hashes) == sorted(expected)
+    assert hashes == expected  # the same bytes as an uninterrupted run
+    assert ensure_dataset(target, target, phantom_patients=2, seed=1) is False  # complete: used as is
+
+
+def test_an_interrupted_move_into_a_non_empty_folder_is_finished(tmp_path, uninterrupted):
+    target = tmp_path / "phantom_lgg"
+    target.mkdir()
+    (target / "README.txt").write_text("phantom data goes here\n")
+    # killed while moving a complete staging folder's entries into the target: half moved
+    leftover = tmp_path / ".phantom_lgg.partial-12345-abcd"
+    shutil.copytree(uninterrupted, leftover)
+    first = sorted(leftover.glob("TCGA_*"))[0]
+    first.rename(target / first.name)
+
+    assert ensure_dataset(target, target, phantom_patients=2, seed=1) is False  # finished, not regenerated
+
+    assert staging.leftovers(target) == []
+    assert _files(target) == {**_files(uninterrupted), "README.txt": b"phantom data goes here\n"}
+
+
+def test_leftovers_of_a_failed_generation_are_removed_and_the_target_untouched(tmp_path, monkeypatch):
+    target = tmp_path / "phantom"
+
+    def fail(patient, folder):
+        (folder / patient.folder).mkdir()
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("pipeline.phantom._write_patient", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate_dataset(target, n_patients=1, seed=4, workers=1)
+    assert not target.exists() and staging.leftovers(target) == []
