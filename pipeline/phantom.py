@@ -2,13 +2,19 @@
 
 The real LGG data (Buda, Saha & Mazurowski 2019) cannot be downloaded here, so the project
 generates its own default dataset. Each patient is a 3-D head (scalp, skull, CSF, cortex with
-sulci, white matter, ventricles, deep grey nuclei, vessels) with, for most patients, one
-irregular FLAIR-hyperintense lesion, sliced axially into 256x256 RGB TIFFs (pre-contrast T1,
+sulci, white matter, ventricles, deep grey nuclei, vessels) with one irregular
+FLAIR-hyperintense lesion, sliced axially into 256x256 RGB TIFFs (pre-contrast T1,
 FLAIR, post-contrast T1) and 0/255 masks. Bright scalp fat, periventricular caps, small white
 matter spots, a bias field, blurred lesion edges and per-patient lesion contrast keep a global
 FLAIR threshold far from the answer, while shape and context make lesions learnable. Per-patient
 seeds come from ``SeedSequence.spawn``, so the same seed gives the same bytes with any
 ``workers``.
+
+Every patient has a lesion by default, as in the real set: its 110 patients are lower-grade
+glioma cases, each with a FLAIR abnormality mask (about 35% of the slices are positive; the
+tutorial's per-volume Dice divides by the lesion area without a guard). ``lesion_free`` (a
+fraction of the patients) adds lesion-free patients to test how a model copes with them; a
+lesion-free patient with any false positive scores a per-volume Dice of 0.
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
         raise ValueError(f"{name} must be {bound}, not {value}")
 
 
-def _plan(n_patients: int, seed: int) -> list[_Patient]:
+def _plan(n_patients: int, seed: int, lesion_free: float = 0.0) -> list[_Patient]:
     """Names, slice counts, lesion-free and channel-copied patients, and one seed per patient."""
     plan_seed, *seeds = np.random.SeedSequence(seed).spawn(n_patients + 1)
     rng = np.random.default_rng(plan_seed)
@@ -99,12 +105,12 @@ def _plan(n_patients: int, seed: int) -> list[_Patient]:
     order = rng.permutation(n_patients)
     n_post, n_pre = round(n_patients * 9 / 110), round(n_patients * 6 / 110)
     copies = {int(i): 2 for i in order[:n_post]} | {int(i): 0 for i in order[n_post : n_post + n_pre]}
-    lesion_free = set(rng.permutation(n_patients)[: round(n_patients * 0.12)].tolist())
+    no_lesion = set(rng.permutation(n_patients)[: round(n_patients * lesion_free)].tolist())
     return [
         _Patient(
             folder=f"TCGA_{codes[i]}_{numbers[i]}_{dt.date(1990, 1, 1) + dt.timedelta(int(days[i])):%Y%m%d}",
             n_slices=int(counts[i]),
-            has_lesion=i not in lesion_free,
+            has_lesion=i not in no_lesion,
             flair_copy=copies.get(i),
             seed=seeds[i],
         )
@@ -301,7 +307,11 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def generate_dataset(
-    out_dir: str | Path, n_patients: int = 110, seed: int = 0, workers: int | None = None
+    out_dir: str | Path,
+    n_patients: int = 110,
+    seed: int = 0,
+    workers: int | None = None,
+    lesion_free: float = 0.0,
 ) -> Path:
     """Write a phantom dataset in the kaggle_3m layout (see DESIGN.md) into ``out_dir``.
 
@@ -313,6 +323,8 @@ def generate_dataset(
         n_patients: number of patients, default 110 (the real set's count); 1 to 9000.
         seed: non-negative seed, default 0; the same seed gives byte-identical files.
         workers: worker processes, default None (``os.cpu_count()``); 1 renders in-process.
+        lesion_free: fraction of patients without a lesion, 0 to 1, default 0 (the real set has
+            none).
 
     Returns:
         ``out_dir`` as a Path.
@@ -325,6 +337,8 @@ def generate_dataset(
     _check_int("seed", seed, 0)
     if workers is not None:
         _check_int("workers", workers, 1)
+    if isinstance(lesion_free, bool) or not isinstance(lesion_free, int | float) or not 0 <= lesion_free <= 1:
+        raise ValueError(f"lesion_free must be a fraction between 0 and 1, not {lesion_free!r}")
     target = Path(out_dir).expanduser().resolve()  # symlinked: stage beside the folder it points to
     if target.exists() and not target.is_dir():
         raise ValueError(f"out_dir {out_dir} is a file; expected a folder for the phantom dataset")
@@ -336,7 +350,7 @@ def generate_dataset(
                 f"out_dir {out_dir} is not empty: it already holds TCGA_* patient folders. "
                 "Choose an empty (or new) folder for the phantom dataset."
             )
-        patients = _plan(n_patients, seed)
+        patients = _plan(n_patients, seed, lesion_free)
         jobs = sorted(patients, key=lambda p: -p.n_slices)  # longest first balances the workers
         workers = min(workers or os.cpu_count() or 1, n_patients)
         with staging.staged(target, f"phantom dataset: {n_patients} patients, seed {seed}\n") as folder:
@@ -367,13 +381,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=110, help="number of patients (default 110)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    parser.add_argument(
+        "--lesion-free",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of patients without a lesion (default 0, as in the real set)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``python -m pipeline synth``; prints a one-line summary, returns the exit code."""
     start = time.perf_counter()
     try:
-        generate_dataset(args.out, args.patients, args.seed, args.workers)
+        generate_dataset(args.out, args.patients, args.seed, args.workers, args.lesion_free)
     except (ValueError, FileExistsError) as err:
         logger.error("%s", err)
         return 2

@@ -61,8 +61,9 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rendered() -> list:
-    """Eight patients of the default plan, rendered in memory: (patient, image, mask)."""
-    return [(p, *_render(p)) for p in _plan(110, 0)[:8]]
+    """Seven patients of the default plan and a lesion-free one, rendered: (patient, image, mask)."""
+    lesion_free = next(p for p in _plan(110, 0, lesion_free=0.12) if not p.has_lesion)
+    return [(p, *_render(p)) for p in [*_plan(110, 0)[:7], lesion_free]]
 
 
 def test_layout_folders_slices_and_masks(dataset):
@@ -121,7 +122,10 @@ def test_plan_matches_the_real_set_statistics():
     assert counts.min() >= 20 and counts.max() <= 88
     assert 32 <= counts.mean() <= 40
     assert len({p.folder for p in patients}) == 110
-    assert sum(not p.has_lesion for p in patients) == 13
+    assert all(p.has_lesion for p in patients)  # every real patient has a FLAIR abnormality
+    assert sum(not p.has_lesion for p in _plan(110, 0, lesion_free=0.12)) == 13
+    # the lesion-free option changes nothing else
+    assert [p.n_slices for p in _plan(110, 0, lesion_free=0.12)] == counts.tolist()
     assert [p.flair_copy for p in patients].count(2) == 9
     assert [p.flair_copy for p in patients].count(0) == 6
 
@@ -290,3 +294,10 @@ def test_leftovers_of_a_failed_generation_are_removed_and_the_target_untouched(t
     with pytest.raises(RuntimeError, match="disk full"):
         generate_dataset(target, n_patients=1, seed=4, workers=1)
     assert not target.exists() and staging.leftovers(target) == []
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, "0.1", True])
+def test_lesion_free_fraction_is_checked(tmp_path, fraction):
+    with pytest.raises(ValueError, match="lesion_free"):
+        generate_dataset(tmp_path / "out", n_patients=1, lesion_free=fraction)
+    assert not (tmp_path / "out").exists()
