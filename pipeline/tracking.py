@@ -8,18 +8,30 @@ config references it from both handler lists), so both log into the same MLflow 
   per-epoch training metrics, and at completion the artifacts (merged config, split, best model);
 - evaluator: its metrics at every validation, at the trainer's epoch.
 
-MLflow trouble (a locked SQLite database, an unreachable server, a read-only store) never stops
-training: locked databases are retried, anything else is reported once as a warning and what
-could not be logged is counted and reported again at the end.
+MLflow trouble never stops training; what was not logged is counted and reported at the end.
+
+- A locked SQLite database (another run writing) is retried with growing pauses, on top of
+  MLflow's 20 s busy timeout. MLflow creates and migrates a new database file without a lock, so
+  two runs starting on a fresh file would race: the client is built under a file lock.
+- Other failures warn (the first one) and what they concern is counted as not logged.
+- An unavailable store (connection refused or timed out, unknown host, read-only or unopenable
+  database) trips a circuit breaker: MLflow is not contacted for ``unavailable_pause`` s (300)
+  and what falls due meanwhile is counted as not logged. Decision: a dead server then costs one
+  failed call (~2.5 s when refused, ~30 s when silent) per 5 minutes instead of one per logging
+  call, at the price of losing up to 5 minutes of metrics after a short outage. The final run
+  status is always tried once, so a run whose server came back is not left RUNNING.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
 import os
+import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,9 +44,18 @@ from pipeline.atomic import write_json
 
 logger = logging.getLogger(__name__)
 
-# a remote server that does not answer should cost seconds, not MLflow's default minutes
+# a remote server that does not answer should cost seconds, not MLflow's default minutes:
+# a refused connection fails after ~2.5 s (2 retries, 0 + 2 s backoff, jitter), a silent one ~30 s
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+# errors (anywhere in the exception chain) meaning the store is unavailable
+_UNAVAILABLE = re.compile(
+    "readonly database|read-only|unable to open database|max retries exceeded|connection refused|"
+    "failed to establish a new connection|timed out|name or service not known|name resolution",
+    re.IGNORECASE,
+)
 
 
 def sqlite_uri(path: str | Path) -> str:
@@ -86,8 +107,45 @@ def shared_handler(handler: Any) -> Any:
     return handler
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes (``__cause__`` or else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def _is_locked(error: Exception) -> bool:
-    return "database is locked" in str(error).lower()
+    return any("database is locked" in str(e).lower() for e in _chain(error))
+
+
+def _is_unavailable(error: Exception) -> bool:
+    return any(
+        isinstance(e, (ConnectionError, TimeoutError)) or _UNAVAILABLE.search(str(e)) for e in _chain(error)
+    )
+
+
+def _describe(error: Exception) -> str:
+    """``Type: first line`` of the innermost cause (MLflow's own message is often a wrapper)."""
+    root = _chain(error)[-1]
+    lines = [line for line in str(root).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _open_client(uri: str | None) -> Any:
+    """An MlflowClient. MLflow creates and migrates a new SQLite database file without any lock, so
+    two runs starting together on one file race; here one opens it at a time (a file lock)."""
+    import mlflow
+
+    if not (uri or "").startswith("sqlite:") or os.name == "nt":
+        return mlflow.MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    digest = hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()
+    with open(Path(tempfile.gettempdir()) / f"lgg-mlflow-init-{digest}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, also when this process dies
+        return mlflow.MlflowClient(tracking_uri=uri)
 
 
 class MLflowTracking:
@@ -104,7 +162,8 @@ class MLflowTracking:
         run_dir: the run's output folder; the run id is written to ``<run_dir>/mlflow_run.json``
             and the merged bundle config to ``<run_dir>/config.json``. Default None.
         flush_every: iterations between batched writes of per-iteration metrics. Default 50.
-        retries: attempts for a locked SQLite database. Default 5.
+        retries: attempts for a locked SQLite database. Default 8 (a few minutes at worst).
+        unavailable_pause: seconds without calls to an unavailable store (module doc). Default 300.
         enabled: False turns the handler into a no-op (e.g. on ranks other than 0). Default True.
     """
 
@@ -118,7 +177,8 @@ class MLflowTracking:
         artifacts: Sequence[str] = (),
         run_dir: str | None = None,
         flush_every: int = 50,
-        retries: int = 5,
+        retries: int = 8,
+        unavailable_pause: float = 300.0,
         enabled: bool = True,
     ) -> None:
         if flush_every < 1:
@@ -131,40 +191,64 @@ class MLflowTracking:
         self.artifacts = [str(a) for a in artifacts if a]
         self.run_dir = Path(run_dir) if run_dir else None
         self.flush_every = flush_every
-        self.retries = retries
+        self.retries = max(1, retries)
+        self.unavailable_pause = unavailable_pause
         self.enabled = enabled
         self.run_id: str | None = None
-        self.failures: dict[str, int] = {}
-        self._warned = False
+        self.failures: dict[str, int] = {}  # what was not logged -> how many values
+        self.first_error: str | None = None
+        self._paused_until = 0.0
+        self._started = False  # start() ran: from then on what cannot be logged is counted
+        self._ok = True  # the last _call succeeded
         self._buffer: list[Any] = []
         self._client = None
         self._config = _active_bundle_config() if enabled else None
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Call the MLflow client; retry a locked database, otherwise warn and carry on."""
+    def _not_logged(self, what: str, count: int) -> None:
+        if count > 0 and self._started:
+            self.failures[what] = self.failures.get(what, 0) + count
+
+    def _call(self, what: str, fn: Callable, *args: Any, count: int = 1, **kwargs: Any) -> Any:
+        """Call the MLflow client; retry a locked database, otherwise warn and carry on.
+
+        On failure (``self._ok`` False) ``count`` values of ``what`` are counted as not logged and
+        None is returned. While paused only the "final run status" is attempted.
+        """
+        self._ok = False
         if not self.enabled:
             return None
-        delay = 0.2
-        for attempt in range(self.retries):
+        if time.monotonic() < self._paused_until and what != "final run status":
+            self._not_logged(what, count)
+            return None
+        delay = 0.5
+        for attempt in range(1, self.retries + 1):
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                self._ok = True
+                return result
             except Exception as error:  # MLflow raises many types; none may stop training
-                if _is_locked(error) and attempt + 1 < self.retries:
+                if _is_locked(error) and attempt < self.retries:
                     time.sleep(delay)
-                    delay *= 2
+                    delay = min(2 * delay, 20.0)
                     continue
-                self.failures[what] = self.failures.get(what, 0) + 1
-                if not self._warned:
-                    logger.warning(
-                        "MLflow logging failed (%s: %s) at %s; training goes on and checkpoints are still "
-                        "written. Not logged so far: %s",
-                        type(error).__name__,
-                        str(error).splitlines()[0][:300] if str(error) else "",
-                        self.tracking_uri,
-                        what,
+                self._not_logged(what, count)
+                pause = _is_unavailable(error)
+                if pause:
+                    self._paused_until = time.monotonic() + self.unavailable_pause
+                if self.first_error is None or pause:
+                    note = (
+                        f" MLflow is not contacted again for {self.unavailable_pause:.0f} s." if pause else ""
                     )
-                    self._warned = True
+                    logger.warning(
+                        "MLflow logging failed at %s (%s); training goes on and checkpoints are still "
+                        "written. Not logged: %s.%s",
+                        self.tracking_uri,
+                        _describe(error),
+                        what,
+                        note,
+                    )
+                self.first_error = self.first_error or _describe(error)
                 return None
         return None
 
@@ -183,7 +267,10 @@ class MLflowTracking:
         return out
 
     def _log(self, what: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
-        if self.run_id is None or not (metrics or params or tags):
+        if not self.enabled or not (metrics or params or tags):
+            return
+        if self.run_id is None:  # no run (MLflow failed at start): count what it would have held
+            self._not_logged(what, len(metrics) + len(params) + len(tags))
             return
         for start in range(0, max(len(metrics), 1), 1000):  # MLflow's batch limit is 1000 metrics
             chunk = list(metrics[start : start + 1000])
@@ -195,6 +282,7 @@ class MLflowTracking:
                 metrics=chunk,
                 params=list(params) if first else [],
                 tags=list(tags) if first else [],
+                count=len(chunk) + (len(params) + len(tags) if first else 0),
             )
 
     # -- ignite ---------------------------------------------------------------------------------
@@ -217,64 +305,56 @@ class MLflowTracking:
             if not engine.has_event_handler(handler, event):
                 engine.add_event_handler(event, handler)
 
+    def _experiment_id(self) -> str | None:
+        experiment = self._call("run", self._client.get_experiment_by_name, self.experiment_name)
+        if experiment is None and self._ok:  # missing: create it
+            location = None
+            if self.tracking_uri and self.tracking_uri.startswith("sqlite:///"):
+                db = Path(self.tracking_uri[len("sqlite:///") :].split("?")[0].removeprefix("file:"))
+                location = (db.parent / "mlartifacts").resolve().as_uri()
+            try:
+                self._client.create_experiment(self.experiment_name, location)
+            except Exception:  # e.g. created by another run at the same moment: read it back
+                pass
+            experiment = self._call("run", self._client.get_experiment_by_name, self.experiment_name)
+        return experiment.experiment_id if experiment is not None else None
+
     def start(self, engine: Engine | None = None) -> None:
         """Open (or, when ``<run_dir>/mlflow_run.json`` names one, continue) the MLflow run."""
         if not self.enabled or self.run_id is not None:
             return
-        import mlflow
         from mlflow.entities import Param, RunTag
 
-        self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        experiment = self._call("experiment", self._client.get_experiment_by_name, self.experiment_name)
-        if experiment is None:
-            artifact_location = None
-            if self.tracking_uri and self.tracking_uri.startswith("sqlite:///"):
-                db = Path(self.tracking_uri[len("sqlite:///") :])
-                artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-            experiment_id = self._call(
-                "experiment",
-                self._client.create_experiment,
-                self.experiment_name,
-                artifact_location=artifact_location,
-            )
-            if experiment_id is None:  # maybe created concurrently by another run
-                experiment = self._call(
-                    "experiment", self._client.get_experiment_by_name, self.experiment_name
-                )
-                experiment_id = experiment.experiment_id if experiment else None
-        else:
-            experiment_id = experiment.experiment_id
-        if experiment_id is None:
-            return
-        run_id = self._previous_run_id()
-        if run_id is None:
-            run = self._call("run", self._client.create_run, experiment_id, run_name=self.run_name)
-            if run is None:
-                return
-            run_id = run.info.run_id
-        else:
-            self._call("run", self._client.update_run, run_id, status="RUNNING")
-        self.run_id = run_id
-        self._save_run_file()
+        self._started = True
+        self._save_config()
         tags = dict(self.tags)
         commit = git_commit(Path(__file__).resolve().parent)
         if commit:
             tags["git_commit"] = commit
         params = {k: str(v)[:6000] for k, v in _flatten(self.params).items()}
-        existing = self._call("params", self._client.get_run, run_id)
+        self._client = self._call("run", _open_client, self.tracking_uri)
+        experiment_id = self._experiment_id() if self._ok else None
+        run_id = self._previous_run_id() if experiment_id is not None else None
+        if experiment_id is not None and run_id is None:
+            run = self._call("run", self._client.create_run, experiment_id, run_name=self.run_name)
+            run_id = run.info.run_id if run is not None else None
+        elif run_id is not None:
+            self._call("run", self._client.update_run, run_id, status="RUNNING")
+        if run_id is None:
+            if self._ok:  # nothing failed, yet no run (an experiment that cannot be read back)
+                self._not_logged("run", 1)
+            self._not_logged("params and tags", len(params) + len(tags))
+            return
+        self.run_id = run_id
+        self._save_run_file()
+        existing = self._call("params and tags", self._client.get_run, run_id, count=0)
         known = existing.data.params if existing is not None else {}
         self._log(
-            "params",
+            "params and tags",
             params=[Param(k, v) for k, v in params.items() if k not in known],
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
-        logger.info(
-            "MLflow: experiment %r, run %s (%s) at %s",
-            self.experiment_name,
-            self.run_name,
-            run_id,
-            self.tracking_uri,
-        )
+        logger.info("MLflow: run %s (%s) at %s", self.run_name, run_id, self.tracking_uri)
 
     def _previous_run_id(self) -> str | None:
         path = self.run_dir / "mlflow_run.json" if self.run_dir else None
@@ -284,6 +364,15 @@ class MLflowTracking:
             return json.loads(path.read_text())["run_id"]
         except (OSError, ValueError, KeyError):
             return None
+
+    def _save_config(self) -> None:
+        """The merged config into the run folder, logged as an artifact: with or without MLflow."""
+        if self.run_dir is None or self._config is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", self._config)
+        if str(self.run_dir / "config.json") not in self.artifacts:
+            self.artifacts.append(str(self.run_dir / "config.json"))
 
     def _save_run_file(self) -> None:
         if self.run_dir is None:
@@ -295,10 +384,6 @@ class MLflowTracking:
             "experiment": self.experiment_name,
         }
         write_json(self.run_dir / "mlflow_run.json", record)
-        if self._config is not None:
-            write_json(self.run_dir / "config.json", self._config)
-            if str(self.run_dir / "config.json") not in self.artifacts:
-                self.artifacts.append(str(self.run_dir / "config.json"))
 
     def iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
@@ -312,7 +397,7 @@ class MLflowTracking:
 
     def flush(self) -> None:
         buffered, self._buffer = self._buffer, []
-        self._log("iteration metrics", metrics=buffered)
+        self._log("iteration metric values", metrics=buffered)
 
     def epoch_completed(self, engine: Engine) -> None:
         if hasattr(engine, "optimizer"):  # the trainer (attached handlers run after __init__)
@@ -321,17 +406,18 @@ class MLflowTracking:
         best = getattr(engine.state, "best_metric", None)
         if best is not None and best > -1:
             metrics["best_" + (getattr(engine.state, "key_metric_name", None) or "metric")] = best
-        self._log("epoch metrics", metrics=self._metrics(metrics, engine.state.epoch))
+        self._log("epoch metric values", metrics=self._metrics(metrics, engine.state.epoch))
 
     def completed(self, engine: Engine | None = None) -> None:
         """Flush and log the artifacts (merged config, split file, best model)."""
         self.flush()
+        files = [path for path in self.artifacts if Path(path).is_file()]
         if self.run_id is None:
+            self._not_logged("artifacts", len(files))
             return
-        for path in self.artifacts:
-            if Path(path).is_file():
-                subdir = "models" if path.endswith((".pt", ".ts", ".onnx")) else None
-                self._call(f"artifact {path}", self._client.log_artifact, self.run_id, path, subdir)
+        for path in files:
+            subdir = "models" if path.endswith((".pt", ".ts", ".onnx")) else None
+            self._call("artifacts", self._client.log_artifact, self.run_id, path, subdir)
 
     def exception_raised(self, engine: Engine, error: BaseException) -> None:
         self.flush()
@@ -342,12 +428,13 @@ class MLflowTracking:
         """End the MLflow run and report anything that could not be logged."""
         if self.run_id is not None:
             self.flush()
-            self._call("run status", self._client.set_terminated, self.run_id, status)
+            self._call("final run status", self._client.set_terminated, self.run_id, status)
         if self.failures:
             logger.warning(
-                "MLflow: not everything was logged to %s: %s. The checkpoints and %s hold the results.",
+                "MLflow: not logged to %s (%s): %s. The checkpoints and %s hold the results.",
                 self.tracking_uri,
-                ", ".join(f"{k} x{v}" for k, v in sorted(self.failures.items())),
+                self.first_error,
+                ", ".join(f"{v} {k}" for k, v in self.failures.items()),
                 self.run_dir or "the run folder",
             )
 
