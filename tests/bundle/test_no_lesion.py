@@ -1,0 +1,33 @@
+"""Training on a dataset without a single lesion warns and still completes (issue #7)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import tifffile
+import torch
+
+from pipeline.phantom import generate_dataset
+from tests.bundle.test_train_bundle import run_bundle
+
+
+@pytest.mark.slow
+def test_training_without_any_lesion_warns_and_completes(tmp_path: Path, caplog):
+    data = generate_dataset(tmp_path / "no_lesion", n_patients=4, seed=3, workers=1, lesion_free=1.0)
+    masks = list(Path(data).glob("*/*_mask.tif"))
+    assert masks and not any(tifffile.imread(m).any() for m in masks)  # really no lesion
+
+    with caplog.at_level(logging.WARNING):
+        workflow = run_bundle(tmp_path / "bundle", dataset_dir=str(data), epochs=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("lesion" in w.lower() for w in warnings), warnings
+
+    ckpt_dir = Path(workflow.parser.get_parsed_content("ckpt_dir"))
+    final = torch.load(ckpt_dir / "final.pt", weights_only=True)
+    assert final["trainer"]["epoch"] == 1
+    # both masks empty for every validation patient: no defined Dice, reported as 0.0, not NaN
+    assert workflow.parser.get_parsed_content("validate#evaluator").state.metrics["val_volume_dice"] == 0.0
+    state = torch.load(ckpt_dir / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())
