@@ -58,25 +58,42 @@ def _metrics(bundle_root: Path, run_name: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def _last_epoch(models: Path) -> int:
+    """The newest checkpoint_epoch=N.pt of a run (0 before the first)."""
+    epochs = [int(p.stem.split("=")[1]) for p in models.glob("checkpoint_epoch=*.pt")]
+    return max(epochs, default=0)
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run(_command(tmp_path, "baseline", False), cwd=ROOT, env=env, check=True, capture_output=True)
+    # this machine's epoch time, from the baseline's checkpoint times (the last 3 are kept)
+    stamps = sorted(
+        p.stat().st_mtime for p in (tmp_path / "outputs/runs/baseline/models").glob("checkpoint_*")
+    )
+    epoch_seconds = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
     rng = random.Random(1234)
     models = tmp_path / "outputs" / "runs" / "killed" / "models"
     kills, started = 0, time.monotonic()
     while kills < 3 and time.monotonic() - started < 240:
-        resume = bool(list(models.glob("checkpoint_epoch=*.pt")))
+        done = _last_epoch(models)
         process = subprocess.Popen(
-            _command(tmp_path, "killed", resume),
+            _command(tmp_path, "killed", done > 0),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(6.0, 14.0))
+        # a random moment of the epoch after the next checkpoint (mid-step, mid-validation or
+        # mid-checkpoint write): waiting for the checkpoint, not a fixed delay, keeps the kill in
+        # the training whatever the machine's speed and start-up time
+        while process.poll() is None and _last_epoch(models) <= done:
+            time.sleep(0.05)
+        # at most 1 s: shorter than any epoch here even when the load changes during the test
+        time.sleep(rng.uniform(0.0, 1.0) * min(epoch_seconds, 1.0))
         if process.poll() is not None:
             break  # finished before the kill
         process.send_signal(signal.SIGKILL)
@@ -86,7 +103,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
             torch.load(checkpoint, weights_only=True)  # every visible checkpoint is complete
     assert kills >= 1, "the run finished before it could be killed: make it longer"
     final = subprocess.run(
-        _command(tmp_path, "killed", bool(list(models.glob("checkpoint_epoch=*.pt")))),
+        _command(tmp_path, "killed", _last_epoch(models) > 0),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -106,7 +123,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     resumed = torch.load(models / "final.pt", weights_only=True)["network"]
     for key in base:
         torch.testing.assert_close(resumed[key], base[key], atol=1e-5, rtol=1e-5)
-    print(f"kill/resume cycles: {kills}, worst metric difference: {worst:.2e}")
+    print(f"kill/resume cycles: {kills} (epoch {epoch_seconds:.1f} s), worst metric difference: {worst:.2e}")
 
 
 @pytest.mark.slow

@@ -123,3 +123,19 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     # the merged config holds the command-line overrides
     config = json.loads((Path(workflow.parser.get_parsed_content("run_dir")) / "config.json").read_text())
     assert config["network_def"]["n_filters"] == 2 and config["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_epoch_metrics_reach_mlflow_before_the_epoch_checkpoint(trained):
+    """A kill between the two must not lose an epoch's metrics: a resume starts after the newest
+    checkpoint, so what that checkpoint covers has to be logged already (a redone epoch is only
+    logged twice, and readers take the last value)."""
+    from ignite.engine import Events
+
+    _, workflow = trained
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    owners = [
+        type(getattr(h, "__self__", h)).__name__ for h, *_ in trainer._event_handlers[Events.EPOCH_COMPLETED]
+    ]
+    assert "MLflowTracking" in owners and "EpochCheckpoints" in owners
+    assert owners.index("MLflowTracking") < owners.index("EpochCheckpoints"), owners
