@@ -1,4 +1,4 @@
-"""The two dependency lists (pyproject.toml and environment.yml) cannot drift apart."""
+"""Packaging and docs: the two dependency lists cannot drift apart; documented servers stay on loopback."""
 
 from __future__ import annotations
 
@@ -63,3 +63,21 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_every_documented_mlflow_server_binds_to_loopback():
+    """The MLflow UI/server commands we tell users to run listen on 127.0.0.1 only (issue #7)."""
+    commands = []
+    for doc in [ROOT / "README.md", ROOT / "Makefile", *sorted((ROOT / "bundle").rglob("*.md"))]:
+        commands += [
+            line for line in doc.read_text().splitlines() if re.search(r"\bmlflow (ui|server)\b", line)
+        ]
+    assert commands, "the README documents how to open the MLflow UI"
+    for line in commands:
+        assert re.search(r"--host 127\.0\.0\.1\b", line), line
+
+
+def test_readme_warns_that_bundle_configs_run_code():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Security note", 1)[1]
+    assert "execute arbitrary Python" in section and "trust" in section
