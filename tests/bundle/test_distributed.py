@@ -72,6 +72,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def world_of_one_workflow(monkeypatch, bundle_root: Path, **overrides):
+    """train.json + multi_gpu_train.json as a ConfigWorkflow in a torchrun-like world of one process."""
+    from monai.bundle import ConfigWorkflow
+
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in dict(env, MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(name, value)
+    return ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        **dict(TINY, bundle_root=str(bundle_root), **overrides),
+    )
+
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
@@ -185,24 +201,8 @@ def test_one_mlflow_run_and_one_set_of_checkpoints(job):
 @pytest.mark.slow
 def test_world_of_one_keeps_the_bundle_properties(job, tmp_path, monkeypatch):
     """The overlay in one process (no torchrun launcher): MONAI's property check still passes."""
-    from monai.bundle import ConfigWorkflow
-
-    for name, value in {
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     phantom = job["tmp_path"] / "bundle" / "outputs" / "phantom_lgg"  # reuse the job's data
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        **dict(TINY, bundle_root=str(tmp_path), phantom_dir=str(phantom)),
-    )
+    workflow = world_of_one_workflow(monkeypatch, tmp_path, phantom_dir=str(phantom))
     try:
         workflow.initialize()
         assert workflow.check_properties() == []

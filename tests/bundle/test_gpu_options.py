@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.bundle.test_train_bundle import CONFIGS, TINY, run_bundle
+from tests.bundle.test_train_bundle import TINY, run_bundle
 
 SHORT = {"epochs": 1, "phantom_patients": 2}
 
@@ -197,31 +197,13 @@ def test_augment_on_device_caches_on_the_device_and_augments_in_this_process(tmp
 @pytest.mark.slow
 def test_multi_gpu_overlay_takes_the_options(tmp_path, phantom, monkeypatch):
     """multi_gpu_train.json in a world of one: DDP over a channels-last network, options on."""
-    import socket
-
-    from monai.bundle import ConfigWorkflow
     from monai.data import ThreadDataLoader
     from torch.nn.parallel import DistributedDataParallel
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for name, value in {
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASTER_PORT", str(port))
+    from tests.bundle.test_distributed import world_of_one_workflow
+
     options = {"amp": True, "channels_last": True, "augment_on_device": True}
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        **dict(TINY, bundle_root=str(tmp_path), phantom_dir=phantom, **SHORT, **options),
-    )
+    workflow = world_of_one_workflow(monkeypatch, tmp_path, phantom_dir=phantom, **SHORT, **options)
     try:
         workflow.initialize()
         assert workflow.check_properties() == []
