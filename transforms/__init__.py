@@ -1,7 +1,15 @@
 """MONAI readers and dictionary transforms of this project."""
 
 from transforms.compose import ComposeWithoutMeta
+from transforms.fused import FusedAugmentation
 from transforms.mask import LesionMaskd, lesion_mask
 from transforms.reader import TiffReader, TiffReadError
 
-__all__ = ["ComposeWithoutMeta", "LesionMaskd", "TiffReadError", "TiffReader", "lesion_mask"]
+__all__ = [
+    "ComposeWithoutMeta",
+    "FusedAugmentation",
+    "LesionMaskd",
+    "TiffReadError",
+    "TiffReader",
+    "lesion_mask",
+]
