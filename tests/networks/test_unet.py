@@ -153,3 +153,21 @@ def test_backward_reaches_every_parameter() -> None:
     model = UNet(n_filters=1, depth=3)
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_train_and_eval_reach_every_submodule() -> None:
+    """UNet.train skips the recursive walk when nothing would change: the modes must still flip,
+    including when only one submodule is out of step (set directly, as a user might)."""
+    model = UNet(n_filters=2, depth=3, dropout=0.5)
+    assert model.train() is model and all(m.training for m in model.modules())
+    assert model.eval() is model and not any(m.training for m in model.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    model.head.eval()  # one submodule out of step
+    model.train()
+    assert all(m.training for m in model.modules())
+    model.eval()
+    model.down[0].train()  # the reverse
+    model.eval()
+    assert not any(m.training for m in model.modules())
