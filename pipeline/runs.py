@@ -58,7 +58,9 @@ def evaluation_dir(ckpt_path: str | Path, output_root: str | Path) -> str:
     return str(Path(output_root) / "evaluations" / time.strftime("%Y%m%d-%H%M%S"))
 
 
-def cached_dataset(data: list, transform: Any, num_workers: int | None = None) -> Any:
+def cached_dataset(
+    data: list, transform: Any, num_workers: int | None = None, copy_cache: bool = True
+) -> Any:
     """MONAI CacheDataset of ``data``, filled with one torch thread per worker thread.
 
     The deterministic transforms are many small tensor operations; with several torch threads
@@ -69,6 +71,12 @@ def cached_dataset(data: list, transform: Any, num_workers: int | None = None) -
         data: the datalist.
         transform: the full transform chain (cached up to its first random transform).
         num_workers: filling threads. Default None: one per core.
+        copy_cache: deep-copy a cached item before the random transforms run on it (MONAI's
+            guard against a transform that modifies its input in place, which would corrupt
+            the cache). Default True. train.json passes False: its augmentations
+            (``transforms.FusedAugmentation`` over MONAI's RandZoomd/RandRotated/RandFlipd)
+            return new tensors, and the copy cost 0.2 ms per slice. Set it back to True when
+            adding a transform that writes into its input.
     """
     import torch
     from monai.data import CacheDataset
@@ -79,7 +87,12 @@ def cached_dataset(data: list, transform: Any, num_workers: int | None = None) -
     torch.set_num_threads(1)
     try:
         return CacheDataset(
-            data=data, transform=transform, cache_rate=1.0, num_workers=workers, progress=False
+            data=data,
+            transform=transform,
+            cache_rate=1.0,
+            num_workers=workers,
+            progress=False,
+            copy_cache=copy_cache,
         )
     finally:
         torch.set_num_threads(threads)

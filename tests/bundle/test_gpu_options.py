@@ -169,7 +169,7 @@ def test_augment_on_device_caches_on_the_device_and_augments_in_this_process(tmp
     import transforms
 
     calls = []
-    original = transforms.ComposeWithoutMeta.__call__
+    original = transforms.FusedAugmentation.__call__
 
     def recording(self, data, *args, **kwargs):
         calls.append(
@@ -177,7 +177,7 @@ def test_augment_on_device_caches_on_the_device_and_augments_in_this_process(tmp
         )
         return original(self, data, *args, **kwargs)
 
-    monkeypatch.setattr(transforms.ComposeWithoutMeta, "__call__", recording)
+    monkeypatch.setattr(transforms.FusedAugmentation, "__call__", recording)
     workflow, _ = _train(tmp_path, phantom, augment_on_device=True, num_workers=1)
     parse = workflow.parser.get_parsed_content
     device = parse("device")

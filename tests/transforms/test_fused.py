@@ -277,3 +277,20 @@ def test_input_is_not_modified_so_the_cache_needs_no_copy():
     for got, expected in zip(cached, before):
         for key in KEYS:
             assert torch.equal(got[key], expected[key])
+
+
+def test_the_bundles_augmentation_fuses_zoom_rotation_and_flip():
+    """train.json's settings stay within what the fused path reproduces (a change of mode or
+    padding there would silently fall back to MONAI one by one, at 5x the cost)."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).parents[2] / "bundle" / "configs" / "train.json"))
+    augmentation = parser.get_parsed_content("train#augmentation")
+    assert type(augmentation) is FusedAugmentation
+    fused, group = augmentation._steps[0]
+    assert fused and [type(t) for t in group] == [RandZoomd, RandRotated, RandFlipd]
+    assert all(not fused for fused, _ in augmentation._steps[1:])  # EnsureTyped only
+    assert parser["train#dataset"]["copy_cache"] is False  # safe: test_input_is_not_modified...
