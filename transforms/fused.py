@@ -121,6 +121,22 @@ def _kinds(group: Sequence[Any]) -> dict[Hashable, str] | None:
     return {key: next(iter(kinds.get(key, {"nearest"}))) for key in group[0].keys}
 
 
+_BASES: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _base(shape: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel indices along x (1, W) and y (H, 1), cached per shape and device; never written to."""
+    key = (shape[0], shape[1], device)
+    if key not in _BASES:
+        if len(_BASES) > 64:
+            _BASES.clear()
+        _BASES[key] = (
+            torch.arange(shape[1], dtype=torch.float32, device=device)[None, :],
+            torch.arange(shape[0], dtype=torch.float32, device=device)[:, None],
+        )
+    return _BASES[key]
+
+
 class _Coordinates:
     """Source pixel coordinates of every output pixel, mapped one stage at a time.
 
@@ -132,23 +148,26 @@ class _Coordinates:
     records, per interpolation kind, the fraction of a sample that falls inside (bilinear:
     fades over one pixel; nearest: in or out), then clamps. ``low``/``high`` bound the
     coordinates exactly (affine maps and clamps of a box), so a rule whose input lies inside
-    costs nothing.
+    costs nothing. A clamp to the source slice itself, when nothing follows it, is left to
+    grid_sample's "border" padding, which is the same clamp.
     """
 
     def __init__(self, shape: tuple[int, int], device: torch.device, kinds: set[str]) -> None:
+        self.shape = shape  # (H, W)
         self.size = (shape[1], shape[0])  # (W, H)
         self.kinds = kinds
-        self.base = (
-            torch.arange(shape[1], dtype=torch.float32, device=device)[None, :],
-            torch.arange(shape[0], dtype=torch.float32, device=device)[:, None],
-        )
+        self.base = _base(shape, device)
+        self.owned = False  # whether self.base may be written in place
         self.pending = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
         self.low = [0.0, 0.0]
         self.high = [float(n - 1) for n in self.size]
+        self.clamp_to: list[float] | None = None  # a clamp not applied yet (pending is identity)
         self.weights: dict[str, torch.Tensor] = {}
+        self.grid: torch.Tensor | None = None
 
     def _affine(self, matrix: list[list[float]], shift: list[float]) -> None:
         """coordinates <- matrix @ coordinates + shift, and the bounds with them."""
+        self._flush()
         corners = [(a, b) for a in (self.low[0], self.high[0]) for b in (self.low[1], self.high[1])]
         mapped = [[r[0] * a + r[1] * b + t for a, b in corners] for r, t in zip(matrix, shift)]
         self.low, self.high = [min(m) for m in mapped], [max(m) for m in mapped]
@@ -162,20 +181,33 @@ class _Coordinates:
             for row, t in zip(matrix, shift)
         ]
 
-    def _apply(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The coordinates as two (H, W) tensors; the pending map becomes the identity."""
+    def _flush(self) -> None:
+        """Apply a deferred clamp: something other than the sampling follows it."""
+        if self.clamp_to is not None:
+            limits, self.clamp_to = self.clamp_to, None
+            x, y = self._apply()
+            x.clamp_(0, limits[0])
+            y.clamp_(0, limits[1])
+
+    def _apply(self, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coordinates as two new (H, W) tensors (or the two planes of ``out``, (H, W, 2));
+        the pending map becomes the identity."""
         bx, by = self.base
-        w, h = self.size
-        out = []
-        for a, b, c in self.pending:
-            if b == 0:
-                value = bx * a + c if a != 1 or c != 0 else bx
+        h, w = self.shape
+        result = []
+        for i, (a, b, c) in enumerate(self.pending):
+            target = out[..., i] if out is not None else torch.empty((h, w), device=bx.device)
+            if bx.shape != by.shape:  # the pixel grid: a row vector and a column vector
+                torch.add(bx * a + c, by * b, out=target)
+            elif b == 0:
+                torch.add(bx * a if a != 1 else bx, c, out=target)
             elif a == 0:
-                value = by * b + c
+                torch.add(by * b if b != 1 else by, c, out=target)
             else:
-                value = (bx * a + c).add_(by, alpha=b) if bx.shape == by.shape else (bx * a + c) + by * b
-            out.append(value.expand(h, w) if value.shape != (h, w) else value)
-        self.base = (out[0], out[1])
+                torch.add(bx * a + c, by, alpha=b, out=target)
+            result.append(target)
+        self.base = (result[0], result[1])
+        self.owned = out is None
         self.pending = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
         return self.base
 
@@ -183,8 +215,9 @@ class _Coordinates:
         """The border rule of a stage whose input spans 0 .. ``limits`` per axis (x, y)."""
         if all(lo >= 0 and hi <= lim for lo, hi, lim in zip(self.low, self.high, limits)):
             return
-        x, y = self._apply()
+        self._flush()
         if rule == "zeros":
+            x, y = self._apply()
             # per axis, min(c + 1, lim + 1 - c): >= 1 inside, the bilinear share of the border
             # pixel within one pixel outside, <= 0.5 where nearest rounding lands outside
             margin = [torch.minimum(c + 1, (lim + 1) - c) for c, lim in zip((x, y), limits)]
@@ -192,9 +225,13 @@ class _Coordinates:
                 if kind == "nearest":
                     inside = (torch.minimum(*margin) >= 0.5).float()
                 else:
-                    inside = margin[0].clamp(0, 1) * margin[1].clamp(0, 1)
-                self.weights[kind] = inside * self.weights[kind] if kind in self.weights else inside
-        self.base = (x.clamp(0, limits[0]), y.clamp(0, limits[1]))
+                    inside = margin[0].clamp_(0, 1).mul_(margin[1].clamp_(0, 1))
+                previous = self.weights.get(kind)
+                self.weights[kind] = inside if previous is None else inside.mul_(previous)
+            x.clamp_(0, limits[0])
+            y.clamp_(0, limits[1])
+        else:
+            self.clamp_to = [float(lim) for lim in limits]
         self.low = [min(max(lo, 0.0), lim) for lo, lim in zip(self.low, limits)]
         self.high = [min(max(hi, 0.0), lim) for hi, lim in zip(self.high, limits)]
 
@@ -228,11 +265,15 @@ class _Coordinates:
         """``image`` (C, H, W) read at the coordinates with ``kind`` interpolation; float32."""
         if image.dtype != torch.float32:
             image = image.float()
-        if not hasattr(self, "grid"):
+        if self.grid is None:
+            if self.clamp_to is not None and self.clamp_to != [float(n - 1) for n in self.size]:
+                self._flush()  # a clamp other than grid_sample's own border padding
+            self.clamp_to = None
             w, h = self.size
             scale = [2 / max(w - 1, 1), 2 / max(h - 1, 1)]
             self._affine([[scale[0], 0.0], [0.0, scale[1]]], [-1.0, -1.0])  # align_corners=True
-            self.grid = torch.stack(self._apply(), dim=-1)[None]
+            self.grid = torch.empty((1, h, w, 2), device=image.device)
+            self._apply(out=self.grid[0])
         out = F.grid_sample(
             image[None],
             self.grid,
@@ -241,7 +282,7 @@ class _Coordinates:
             align_corners=True,
         )[0]
         weight = self.weights.get(kind)
-        return out if weight is None else out * weight
+        return out if weight is None else out.mul_(weight)
 
 
 def _spatial_axes(axis: Any) -> list[int]:
@@ -250,10 +291,12 @@ def _spatial_axes(axis: Any) -> list[int]:
     return [int(a) % 2 for a in np.atleast_1d(axis)]
 
 
-def _apply_group(group: Sequence[Any], data: Mapping[Hashable, Any]) -> dict[Hashable, Any] | None:
-    """The group fused, or None when ``data`` is not what the fused path handles."""
+def _apply_group(
+    group: Sequence[Any], kinds: dict[Hashable, str] | None, data: Mapping[Hashable, Any]
+) -> dict[Hashable, Any] | None:
+    """The group fused (``kinds``: its ``_kinds``), or None when ``data`` is not what the fused
+    path handles."""
     keys = list(group[0].keys)
-    kinds = _kinds(group)
     if kinds is None or any(k not in data or not isinstance(data[k], torch.Tensor) for k in keys):
         return None
     tensors = [data[k] for k in keys]
@@ -310,6 +353,7 @@ class FusedAugmentation(ComposeWithoutMeta):
     def __init__(self, transforms: Sequence[Any] | Any | None = None, **kwargs: Any) -> None:
         super().__init__(transforms, **kwargs)
         self._steps = _plan(self.transforms)
+        self._kinds = [_kinds(group) if fused else None for fused, group in self._steps]
 
     def __call__(
         self,
@@ -325,8 +369,8 @@ class FusedAugmentation(ComposeWithoutMeta):
         set_track_meta(False)
         try:
             data = input_
-            for fused, group in self._steps:
-                result = _apply_group(group, data) if fused and isinstance(data, Mapping) else None
+            for (fused, group), kinds in zip(self._steps, self._kinds):
+                result = _apply_group(group, kinds, data) if fused and isinstance(data, Mapping) else None
                 if result is not None:
                     data = result
                     continue

@@ -90,5 +90,4 @@ def test_train_chain_caches_everything_before_the_augmentations():
         "RandZoomd",
         "RandRotated",
         "RandFlipd",
-        "EnsureTyped",
     ]
