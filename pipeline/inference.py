@@ -93,7 +93,13 @@ class SliceDataset(torch.utils.data.Dataset):
         transform: preprocessing of a TIFF record ``{"image": path}``.
         slice_transform: preprocessing of ``{"image": (3, H, W) array}``, a volume slice; it
             should be ``transform`` without its loading steps. Default: ``transform`` minus its
-            first two transforms (LoadImaged, EnsureChannelFirstd).
+            first two transforms (LoadImaged, EnsureChannelFirstd), without metadata tracking.
+
+    When ``transform`` is a Compose, a TIFF slice is loaded by its first two transforms (with
+    MONAI's metadata, which EnsureChannelFirstd reads) and the rest is ``slice_transform``: the
+    bundle's is a ``transforms.ComposeWithoutMeta``, as scaling and resizing a plain tensor
+    skip MONAI's MetaTensor bookkeeping (about 8 of 20 ms per slice measured here), and the
+    slice's size comes from the loaded array instead of a second read of the file.
     """
 
     def __init__(
@@ -107,8 +113,9 @@ class SliceDataset(torch.utils.data.Dataset):
         if slice_transform is None:
             if not isinstance(transform, Compose):
                 raise ValueError("slice_transform is required when transform is not a Compose")
-            slice_transform = Compose(list(transform.transforms[2:]))
+            slice_transform = transforms.ComposeWithoutMeta(list(transform.transforms[2:]))
         self.slice_transform = slice_transform
+        self.load = Compose(list(transform.transforms[:2])) if isinstance(transform, Compose) else None
         self.starts = np.cumsum([0] + [inp.n_slices for inp in self.inputs]).tolist()
         self._cached: tuple[int, np.ndarray] | None = None
 
@@ -135,9 +142,15 @@ class SliceDataset(torch.utils.data.Dataset):
         inp = self.inputs[index]
         if inp.kind == "tiff":
             path = inp.slices[position]
-            image = self.transform({"image": str(path)})["image"]
-            height, width = _tiff_shape(path)
             source: Path = path
+            if self.load is not None:
+                loaded = self.load({"image": str(path)})["image"]
+                height, width = loaded.shape[1:]
+                loaded = loaded.as_tensor() if hasattr(loaded, "as_tensor") else loaded
+                image = self.slice_transform({"image": loaded})["image"]
+            else:
+                image = self.transform({"image": str(path)})["image"]
+                height, width = _tiff_shape(path)
         else:
             raw = self._volume(index)[position]
             image = self.slice_transform({"image": raw})["image"]

@@ -89,6 +89,27 @@ def test_tiff_folder_round_trip(tmp_path):
     assert not list(out.rglob(".tmp-*"))
 
 
+def test_tiff_slices_load_with_metadata_and_scale_without(tmp_path):
+    """SliceDataset splits the TIFF chain (load with MONAI metadata, then scale and resize as
+    plain tensors): the same numbers as the whole chain run by a MONAI Compose, and the slice's
+    size as numpy reads the file (height first), without reading it twice."""
+    from pipeline.inference import SliceDataset, tiff_preprocessing
+
+    images = write_patient(tmp_path, "TCGA_BB_0002_20000102", 2, size=(64, 96), seed=3)
+    inputs = find_inputs(tmp_path)
+    chain = tiff_preprocessing(32)
+    dataset = SliceDataset(inputs, chain)
+    for k, image in enumerate(images):
+        item = dataset[k]
+        expected = chain({"image": str(inputs[0].slices[k])})["image"]
+        assert type(item["image"]) is torch.Tensor and item["image"].dtype == torch.float32
+        torch.testing.assert_close(item["image"], expected, rtol=0, atol=1e-6)
+        assert (item["height"], item["width"]) == image.shape[:2] == (64, 96)
+        # by hand: an area resize by whole factors (2 and 3) keeps the scaled channel's mean
+        scaled = (image - image.min()) / (image.max() - image.min())
+        assert float(item["image"][1].mean()) == pytest.approx(float(scaled[..., 1].mean()), abs=1e-5)
+
+
 def test_tiff_mask_lands_on_the_bright_flair_region(tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
     patient = "TCGA_CC_0003_20000103"
