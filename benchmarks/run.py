@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
         say("\n== 3. training step: bundle SupervisedTrainer (data from the cached loader) vs bare loop ==")
         say("  (ValidationHandler dropped; trainer time = interval between ITERATION_COMPLETED events)")
-        train_demo = bench_training(demo, "demo", rounds=2 if quick else 3, per_round=3 if quick else 5)
+        train_demo = bench_training(demo, "demo", rounds=2 if quick else 4, per_round=3 if quick else 6)
         train_full = bench_training(full, "full", rounds=1 if quick else 2, per_round=1)
 
         say("\n== 4. inference: inference.json evaluator vs bare forward ==")
