@@ -66,7 +66,7 @@ def tiff_preprocessing(image_size: int = 256) -> Compose:
         raise ValueError(f"image_size must be a positive integer, not {image_size!r}")
     return Compose(
         [
-            LoadImaged(keys="image", reader=transforms.TiffReader(), image_only=True),
+            LoadImaged(keys="image", reader=transforms.TiffReader(), image_only=True, dtype=None),
             EnsureChannelFirstd(keys="image"),
             ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
             Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),

@@ -209,3 +209,31 @@ def test_lesion_mask_warns_when_a_0_1_mask_would_become_empty():
     with pytest.warns(UserWarning, match="threshold=0"):
         out = lesion_mask(np.array([[0, 1], [1, 0]], np.uint8))
     assert not out.any()
+
+
+def test_bundle_loads_the_stored_uint8_and_scales_to_the_same_float32(pair):
+    """train.json's LoadImaged keeps the stored dtype (``"dtype": null``: a float32 copy of every
+    file was a wasted pass, ScaleIntensityd and LesionMaskd convert anyway). The chain's output
+    is that of MONAI's default (float32 loading) bit for bit, and the numpy reference's."""
+    from pathlib import Path
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).parents[2] / "bundle" / "configs" / "train.json"))
+    assert parser["deterministic_transforms"][0]["dtype"] is None
+    resize = parser["deterministic_transforms"][4]
+    assert resize["_target_"] == "Resized"
+    resize["spatial_size"] = [H, W]  # no resizing: the numpy reference is at the stored size
+    stored = parser.get_parsed_content("deterministic_transforms", lazy=False)
+    parser["deterministic_transforms"][0]["dtype"] = "$numpy.float32"
+    parser["imports"] = [*parser["imports"], "$import numpy"]
+    as_float = parser.get_parsed_content("deterministic_transforms", lazy=False)
+    assert stored[0](dict(pair))["image"].dtype == torch.uint8
+    a, b = dict(pair), dict(pair)
+    for first, second in zip(stored, as_float):
+        a, b = first(a), second(b)
+    expected_image, expected_label = _expected(pair)
+    for key in ("image", "label"):
+        assert a[key].dtype == torch.float32
+        assert torch.equal(a[key], b[key])
+    np.testing.assert_allclose(a["image"].numpy(), expected_image, atol=1e-6)
+    np.testing.assert_array_equal(a["label"].numpy(), expected_label)
