@@ -34,7 +34,8 @@ _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory for reuse (see the module docstring).
 
-    Called by train.json's ``initialize``. Safe to call more than once.
+    Called by the ``initialize`` of train.json and multi_gpu_train.json. Safe to call more
+    than once.
 
     Returns:
         Whether both settings took effect (False off Linux/glibc).

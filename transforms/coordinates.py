@@ -52,7 +52,6 @@ class CoordinateMap:
         self.size = (shape[1], shape[0])  # (W, H)
         self.kinds = kinds
         self.base = _base(shape, device)
-        self.owned = False  # whether self.base may be written in place
         self.pending = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
         self.low = [0.0, 0.0]
         self.high = [float(n - 1) for n in self.size]
@@ -102,7 +101,6 @@ class CoordinateMap:
                 torch.add(bx * a + c, by, alpha=b, out=target)
             result.append(target)
         self.base = (result[0], result[1])
-        self.owned = out is None
         self.pending = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
         return self.base
 

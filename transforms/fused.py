@@ -42,10 +42,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import get_track_meta, set_track_meta
 from monai.transforms import RandFlipd, RandRotated, RandZoomd, apply_transform
 
-from transforms.compose import ComposeWithoutMeta
+from transforms.compose import ComposeWithoutMeta, metadata_off
 from transforms.coordinates import CoordinateMap
 
 __all__ = ["FusedAugmentation"]
@@ -108,9 +107,9 @@ def _kinds(group: Sequence[Any]) -> dict[Hashable, str] | None:
     """Per key, "linear" or "nearest" when every transform of the group agrees; else None."""
     kinds: dict[Hashable, set[str]] = {}
     for transform in group:
-        table = _ZOOM_MODES if type(transform) is RandZoomd else _ROTATE_MODES
         if type(transform) is RandFlipd:
             continue
+        table = _ZOOM_MODES if type(transform) is RandZoomd else _ROTATE_MODES
         for key, mode in zip(transform.keys, transform.mode):
             kinds.setdefault(key, set()).add(table[_name(mode)])
     if any(len(k) > 1 for k in kinds.values()):
@@ -198,9 +197,7 @@ class FusedAugmentation(ComposeWithoutMeta):
     ) -> Any:
         if start or end is not None or threading or lazy:  # Compose's partial runs: one by one
             return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
-        previous = get_track_meta()
-        set_track_meta(False)
-        try:
+        with metadata_off():
             data = input_
             for (fused, group), kinds in zip(self._steps, self._kinds):
                 result = _apply_group(group, kinds, data) if fused and isinstance(data, Mapping) else None
@@ -212,5 +209,3 @@ class FusedAugmentation(ComposeWithoutMeta):
                         transform, data, self.map_items, self.unpack_items, log_stats=self.log_stats
                     )
             return data
-        finally:
-            set_track_meta(previous)
