@@ -160,35 +160,46 @@ def bench_loader(parser: ConfigParser, label: str, epochs: int) -> float:
 
 
 def bench_augmentation(parser: ConfigParser, rounds: int) -> None:
-    """Per-sample cost of the bundle's ``augmentations`` list on cached slices, three ways.
+    """Per-sample cost of the bundle's ``augmentations`` list on cached slices, four ways.
 
     MONAI's Compose (MetaTensors, what a plain bundle would use), ComposeWithoutMeta (the same
-    transforms, metadata off) and FusedAugmentation (train.json's: one resampling). Each gets
-    fresh transform objects seeded alike; in this process, with torch's default threads.
+    transforms, metadata off) and FusedAugmentation (one resampling), each item by item, and
+    BatchAugmentation (train.json's collate_fn: the batch resampled at once, batches of
+    ``batch_size``, collation included). Each gets fresh transform objects seeded alike; in
+    this process, with torch's default threads.
     """
     from monai.transforms import Compose
 
-    from transforms import ComposeWithoutMeta, FusedAugmentation
+    from transforms import BatchAugmentation, ComposeWithoutMeta, FusedAugmentation
 
     cache = parser.get_parsed_content("train#dataloader").dataset._cache[:64]
+    size = parser.get_parsed_content("batch_size")
+    batches = [cache[i : i + size] for i in range(0, len(cache) - size + 1, size)]
     best: dict[str, float] = {}
     for _ in range(rounds):
         for name, kind in (
             ("MONAI Compose", Compose),
             ("ComposeWithoutMeta", ComposeWithoutMeta),
-            ("FusedAugmentation (ours)", FusedAugmentation),
+            ("FusedAugmentation", FusedAugmentation),
+            (f"BatchAugmentation (ours, {size}/batch)", BatchAugmentation),
         ):
             chain = kind(parser.get_parsed_content("augmentations", lazy=False))
             chain.set_random_state(seed=0)
             start = time.perf_counter()
-            for item in cache:
-                chain(dict(item))
-            per_sample = (time.perf_counter() - start) / len(cache)
+            if kind is BatchAugmentation:
+                for batch in batches:
+                    chain(batch)
+                per_sample = (time.perf_counter() - start) / (len(batches) * size)
+            else:
+                for item in cache:
+                    chain(dict(item))
+                per_sample = (time.perf_counter() - start) / len(cache)
             best[name] = min(best.get(name, per_sample), per_sample)
     for name, seconds in best.items():
-        say(f"  {name:26s} {seconds * 1e3:6.2f} ms per sample")
-    ratio = best["MONAI Compose"] / best["FusedAugmentation (ours)"]
-    say(f"  MONAI Compose / FusedAugmentation: {ratio:.1f}x")
+        say(f"  {name:34s} {seconds * 1e3:6.2f} ms per sample")
+    ours = best[f"BatchAugmentation (ours, {size}/batch)"]
+    ratio = best["MONAI Compose"] / ours
+    say(f"  MONAI Compose / BatchAugmentation: {ratio:.1f}x")
     record("augmentation", **{k: v * 1e3 for k, v in best.items()}, speedup=ratio)
 
 

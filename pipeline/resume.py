@@ -6,10 +6,11 @@ one-cycle scheduler position, epoch/iteration and best-model bookkeeping are res
 same MLflow run is continued (its id is in ``<run_dir>/mlflow_run.json``). A kill mid-epoch loses
 only that epoch's progress: it is redone identically.
 
-Reproducibility: ``EpochSeeding`` reseeds torch, numpy, random and the dataset's random
-transforms at the start of every epoch from ``(seed, epoch, rank)``. The sampler's draws, the
-augmentations and dropout of epoch k therefore do not depend on what ran before, which is what
-makes a resumed run match an uninterrupted one. (DataLoader workers are therefore not
+Reproducibility: ``EpochSeeding`` reseeds torch, numpy, random, the dataset's random transforms
+and a randomized ``collate_fn`` of the trainer's DataLoader (train.json's
+``transforms.BatchAugmentation``) at the start of every epoch from ``(seed, epoch, rank)``. The
+sampler's draws, the augmentations and dropout of epoch k therefore do not depend on what ran
+before, which is what makes a resumed run match an uninterrupted one. (DataLoader workers are therefore not
 persistent: each epoch's workers are seeded afresh.)
 """
 
@@ -44,6 +45,9 @@ class EpochSeeding:
     Args:
         seed: the run's seed.
         dataset: the training dataset; its ``transform`` (a Compose) is reseeded too.
+
+    The ``collate_fn`` of the engine's ``data_loader`` is reseeded too when it has a
+    ``set_random_state`` method (the augmentations of train.json run there).
     """
 
     def __init__(self, seed: int, dataset: Any = None) -> None:
@@ -62,6 +66,9 @@ class EpochSeeding:
         transform = getattr(self.dataset, "transform", None)
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=value)
+        collate = getattr(getattr(engine, "data_loader", None), "collate_fn", None)
+        if hasattr(collate, "set_random_state"):
+            collate.set_random_state(seed=value)
 
 
 def resolve_run_name(output_root: str, resume: bool | str, prefix: str = "unet", **settings: object) -> str:

@@ -47,7 +47,7 @@ from monai.transforms import RandFlipd, RandRotated, RandZoomd, apply_transform
 from transforms.compose import ComposeWithoutMeta, metadata_off
 from transforms.coordinates import CoordinateMap
 
-__all__ = ["FusedAugmentation"]
+__all__ = ["BatchAugmentation", "FusedAugmentation"]
 
 _ZOOM_MODES = {"bilinear": "linear", "linear": "linear", "nearest-exact": "nearest"}
 _ROTATE_MODES = {"bilinear": "linear", "nearest": "nearest"}
@@ -123,54 +123,69 @@ def _spatial_axes(axis: Any) -> list[int]:
     return [int(a) % 2 for a in np.atleast_1d(axis)]
 
 
-def _apply_group(
-    group: Sequence[Any], kinds: dict[Hashable, str] | None, data: Mapping[Hashable, Any]
-) -> dict[Hashable, Any] | None:
-    """The group fused (``kinds``: its ``_kinds``), or None when ``data`` is not what the fused
-    path handles."""
+def _draw(group: Sequence[Any], data: Mapping[Hashable, Any], key: Hashable) -> list[Any]:
+    """Per transform of ``group``, what it drew for ``data`` (None: it did not fire), drawn
+    through its own randomize methods in the order its ``__call__`` would draw."""
+    values: list[Any] = []
+    for transform in group:
+        transform.randomize(None)
+        if type(transform) is RandZoomd:
+            transform.rand_zoom.randomize(data[key])
+            value = tuple(float(z) for z in transform.rand_zoom._zoom)
+        elif type(transform) is RandRotated:
+            transform.rand_rotate.randomize()
+            value = float(transform.rand_rotate.x)
+        else:
+            value = _spatial_axes(transform.flipper.spatial_axis)
+        values.append(value if transform._do_transform else None)
+    return values
+
+
+def _resample(
+    group: Sequence[Any], kinds: dict[Hashable, str] | None, items: Sequence[Any]
+) -> dict[Hashable, torch.Tensor] | None:
+    """The group fused over ``items`` (``kinds``: its ``_kinds``): per key a (B, C, H, W)
+    float32 batch, each item with its own draws; or None, drawing nothing, when the items are
+    not what the fused path handles (then MONAI's transforms run one by one)."""
     keys = list(group[0].keys)
-    if kinds is None or any(k not in data or not isinstance(data[k], torch.Tensor) for k in keys):
+    if kinds is None or not items or not all(isinstance(item, Mapping) for item in items):
         return None
-    tensors = [data[k] for k in keys]
-    shape = tuple(tensors[0].shape[1:])
-    if any(t.ndim != 3 or tuple(t.shape[1:]) != shape or t.device != tensors[0].device for t in tensors):
+    if any(k not in item or not isinstance(item[k], torch.Tensor) for item in items for k in keys):
         return None
+    first = items[0][keys[0]]
+    shape = tuple(first.shape[1:])
+    for key in keys:
+        shapes = {tuple(item[key].shape) for item in items}
+        if len(shapes) != 1 or any(item[key].device != first.device for item in items):
+            return None
+        (full,) = shapes
+        if len(full) != 3 or full[1:] != shape:
+            return None
     if min(shape) < 2:
         return None
-    # the draws, in the order MONAI's __call__ methods make them
-    stages: list[tuple[str, Any, Any]] = []
-    for transform in group:
-        if type(transform) is RandZoomd:
-            transform.randomize(None)
-            transform.rand_zoom.randomize(data[keys[0]])
-            if transform._do_transform:
-                stages.append(("zoom", transform, tuple(float(z) for z in transform.rand_zoom._zoom)))
-        elif type(transform) is RandRotated:
-            transform.randomize(None)
-            transform.rand_rotate.randomize()
-            if transform._do_transform:
-                stages.append(("rotate", transform, float(transform.rand_rotate.x)))
-        else:
-            transform.randomize(None)
-            if transform._do_transform:
-                stages.append(("flip", transform, _spatial_axes(transform.flipper.spatial_axis)))
-    d = dict(data)
-    if not stages:
-        d.update({key: tensor.float() for key, tensor in zip(keys, tensors)})
-        return d
-    coords = CoordinateMap(shape, tensors[0].device, set(kinds.values()))
-    for kind, transform, value in reversed(stages):  # output -> input: last transform first
+    draws = [_draw(group, item, keys[0]) for item in items]
+    batch = {
+        key: items[0][key][None] if len(items) == 1 else torch.stack([item[key] for item in items])
+        for key in keys
+    }
+    coords = CoordinateMap(shape, first.device, set(kinds.values()), batch=len(items))
+    fired = False
+    for j in reversed(range(len(group))):  # output -> input: last transform first
+        values = [d[j] for d in draws]
+        if all(v is None for v in values):
+            continue
+        fired = True
+        transform = group[j]
         # the keys of a group share their padding per transform (checked in _plan)
-        pad = _name(transform.padding_mode[0]) if kind != "flip" else None
-        if kind == "flip":
-            coords.flip(value)
-        elif kind == "rotate":
-            coords.rotate(value, _ROTATE_PADDING[pad])
+        if type(transform) is RandFlipd:
+            coords.flip(values)
+        elif type(transform) is RandRotated:
+            coords.rotate(values, _ROTATE_PADDING[_name(transform.padding_mode[0])])
         else:
-            coords.zoom(value, _ZOOM_PADDING[pad])
-    for key, tensor in zip(keys, tensors):
-        d[key] = coords.sample(tensor, kinds[key])
-    return d
+            coords.zoom(values, _ZOOM_PADDING[_name(transform.padding_mode[0])])
+    if not fired:
+        return {key: tensor.float() for key, tensor in batch.items()}
+    return {key: coords.sample(tensor, kinds[key]) for key, tensor in batch.items()}
 
 
 class FusedAugmentation(ComposeWithoutMeta):
@@ -200,12 +215,71 @@ class FusedAugmentation(ComposeWithoutMeta):
         with metadata_off():
             data = input_
             for (fused, group), kinds in zip(self._steps, self._kinds):
-                result = _apply_group(group, kinds, data) if fused and isinstance(data, Mapping) else None
+                result = _resample(group, kinds, [data]) if fused else None
                 if result is not None:
-                    data = result
+                    data = dict(data)
+                    data.update({key: tensor[0] for key, tensor in result.items()})
                     continue
                 for transform in group:
                     data = apply_transform(
                         transform, data, self.map_items, self.unpack_items, log_stats=self.log_stats
                     )
             return data
+
+    def augment_batch(self, items: Sequence[Any]) -> dict[Hashable, torch.Tensor] | None:
+        """The augmented keys of ``items`` as (B, C, H, W) batches: the same draws, in the same
+        order, as calling this transform on each item in turn, and one resampling per key for
+        the whole batch. None, drawing nothing, unless the whole list is one fused group and
+        the items suit it (same shapes and device)."""
+        if len(self._steps) != 1 or not self._steps[0][0]:
+            return None
+        with metadata_off():
+            return _resample(self._steps[0][1], self._kinds[0], items)
+
+
+class BatchAugmentation:
+    """A DataLoader ``collate_fn`` that augments the batch: FusedAugmentation, batched.
+
+    train.json caches the deterministic transforms in full and hands this to its DataLoader:
+    each item gets its own draws from MONAI's transforms (the same draws, in the same order, as
+    ``FusedAugmentation`` applied item by item), then every key of the whole batch is resampled
+    with one ``grid_sample``, which runs on all cores, and its coordinates are built in one go.
+    Keys not augmented (``patient``, ``slice``, ...) go through ``collate_fn``. When the
+    augmentations or the items do not suit the batched path, each item goes through
+    ``FusedAugmentation`` (and its fallbacks) and the results through ``collate_fn``.
+
+    Random state: ``set_random_state`` seeds the transforms as ``FusedAugmentation`` does
+    (``pipeline.resume.EpochSeeding`` finds this on the trainer's DataLoader and reseeds it
+    every epoch). In a DataLoader worker process it reseeds itself once from the worker's seed,
+    as MONAI's ``worker_init_fn`` does for a dataset's transforms, so workers draw differently.
+
+    Args:
+        transforms: the augmentations (train.json's ``augmentations`` list), as for Compose.
+        collate_fn: collates the items' other keys (and everything on the fallback path).
+            Default: MONAI's ``list_data_collate``.
+    """
+
+    def __init__(self, transforms: Sequence[Any] | Any | None = None, collate_fn: Any = None) -> None:
+        from monai.data import list_data_collate
+
+        self.augmentation = FusedAugmentation(transforms)
+        self.collate_fn = collate_fn if collate_fn is not None else list_data_collate
+        self._worker: tuple[int, int] | None = None
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Any:
+        self.augmentation.set_random_state(seed=seed, state=state)
+        return self
+
+    def __call__(self, items: Sequence[Any]) -> Any:
+        from monai.utils import MAX_SEED
+
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker != (info.id, info.seed):
+            self._worker = (info.id, info.seed)
+            self.set_random_state(seed=info.seed % MAX_SEED)
+        augmented = self.augmentation.augment_batch(items)
+        if augmented is None:
+            return self.collate_fn([self.augmentation(item) for item in items])
+        batch = self.collate_fn([{k: v for k, v in item.items() if k not in augmented} for item in items])
+        batch.update(augmented)
+        return batch

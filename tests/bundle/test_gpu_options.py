@@ -169,23 +169,22 @@ def test_augment_on_device_caches_on_the_device_and_augments_in_this_process(tmp
     import transforms
 
     calls = []
-    original = transforms.FusedAugmentation.__call__
+    original = transforms.BatchAugmentation.__call__
 
-    def recording(self, data, *args, **kwargs):
-        calls.append(
-            (os.getpid(), threading.current_thread() is threading.main_thread(), data["image"].device)
-        )
-        return original(self, data, *args, **kwargs)
+    def recording(self, items, *args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        calls.extend((os.getpid(), main_thread, item["image"].device) for item in items)
+        return original(self, items, *args, **kwargs)
 
-    monkeypatch.setattr(transforms.FusedAugmentation, "__call__", recording)
+    monkeypatch.setattr(transforms.BatchAugmentation, "__call__", recording)
     workflow, _ = _train(tmp_path, phantom, augment_on_device=True, num_workers=1)
     parse = workflow.parser.get_parsed_content
     device = parse("device")
     loader = parse("train#trainer").data_loader
     assert type(loader) is ThreadDataLoader and loader.num_workers == 0 and loader.pin_memory is False
     chain = parse("train#preprocessing").transforms
-    assert isinstance(chain[-2], ToDeviced) and chain[-1] is parse("train#augmentation")
-    assert chain[-2].converter.device == device
+    assert isinstance(chain[-1], ToDeviced) and loader.collate_fn is parse("train#augmentation")
+    assert chain[-1].converter.device == device
     dataset = parse("train#dataset")
     assert all(item[key].device == device for item in dataset._cache for key in ("image", "label"))
     # every drawn sample was augmented here, in the ThreadDataLoader's thread, from device tensors

@@ -72,21 +72,24 @@ def test_tracking_is_off_inside_and_restored_after():
     assert get_track_meta()  # restored after a failing transform too
 
 
-def test_train_chain_caches_everything_before_the_augmentations():
-    """CacheDataset caches up to the first random transform: the wrapper must count as random."""
+def test_train_chain_caches_everything_and_the_loader_augments():
+    """The training dataset's chain has no random transform, so CacheDataset caches all of it;
+    the augmentations run in the DataLoader's collate_fn, as one BatchAugmentation."""
     from monai.bundle import ConfigParser
     from monai.transforms import Randomizable
 
     from tests.bundle.test_recipe import CONFIGS
+    from transforms import BatchAugmentation
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     chain = parser.get_parsed_content("train#preprocessing")
-    first_random = chain.get_index_of_first(lambda t: isinstance(t, Randomizable))
-    assert first_random == len(parser["deterministic_transforms"])
-    wrapper = chain.transforms[first_random]
-    assert isinstance(wrapper, ComposeWithoutMeta)
-    assert [type(t).__name__ for t in wrapper.transforms] == [
+    assert chain.get_index_of_first(lambda t: isinstance(t, Randomizable)) is None
+    assert len(chain.transforms) == len(parser["deterministic_transforms"])
+    assert parser["train#dataloader"]["collate_fn"].replace("::", "#") == "@train#augmentation"
+    collate = parser.get_parsed_content("train#augmentation")
+    assert isinstance(collate, BatchAugmentation)
+    assert [type(t).__name__ for t in collate.augmentation.transforms] == [
         "RandZoomd",
         "RandRotated",
         "RandFlipd",

@@ -286,7 +286,7 @@ def test_the_bundles_augmentation_fuses_zoom_rotation_and_flip():
 
     parser = ConfigParser()
     parser.read_config(str(Path(__file__).parents[2] / "bundle" / "configs" / "train.json"))
-    augmentation = parser.get_parsed_content("train#augmentation")
+    augmentation = parser.get_parsed_content("train#augmentation").augmentation  # BatchAugmentation's
     assert type(augmentation) is FusedAugmentation
     fused, group = augmentation._steps[0]
     assert fused and [type(t) for t in group] == [RandZoomd, RandRotated, RandFlipd]
