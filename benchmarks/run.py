@@ -264,8 +264,14 @@ class TrainerClock:
         return steps, self.waits, self.stamps[-1] - self.stamps[0]
 
 
-def bench_training(parser: ConfigParser, label: str, rounds: int, per_round: int) -> dict[str, float]:
+def bench_training(
+    parser: ConfigParser, label: str, rounds: int, per_round: int
+) -> tuple[dict[str, float], Callable[[], float]]:
     """Alternate ``rounds`` blocks of ``per_round`` bare steps and ``per_round`` trainer iterations.
+
+    Returns the figures and a function that runs the trainer for one whole epoch and returns
+    its seconds (section 5 alternates it with the peer's epochs); the caller closes the
+    trainer's MLflow handler when done with it.
 
     Alternating keeps a noisy neighbour from favouring one side. The first trainer iteration of
     each block (a new loader iterator: the first batch is not prefetched) and one bare warm-up
@@ -303,11 +309,8 @@ def bench_training(parser: ConfigParser, label: str, rounds: int, per_round: int
         "ratio_of_means": mean_ratio,
         "batch_size": image.shape[0],
     }
-    if label == "demo":  # one whole epoch, compared with the peer in section 5
-        _, _, values["epoch_s"] = clock.run(trainer, len(loader))
-    parser.get_parsed_content("mlflow_tracking").close()
     record(f"training {label}", **values)
-    return values
+    return values, lambda: clock.run(trainer, len(loader))[2]
 
 
 # -- 4. inference ---------------------------------------------------------------------------------
@@ -355,7 +358,8 @@ def bench_inference(root: Path, data_dir: Path, patients: int) -> None:
 
 
 # -- 5. the tutorial-style peer ---------------------------------------------------------------------
-def bench_peer(parser: ConfigParser, ours: dict[str, float]) -> None:
+def bench_peer(parser: ConfigParser, ours_epoch: Callable[[], float], rounds: int) -> None:
+    """The peer's epochs and the bundle trainer's, alternated ``rounds`` times; medians."""
     data = parser.get_parsed_content("data")
     size = parser.get_parsed_content("image_size")
     batch_size = parser.get_parsed_content("batch_size")
@@ -375,7 +379,13 @@ def bench_peer(parser: ConfigParser, ours: dict[str, float]) -> None:
         lr=parser.get_parsed_content("learning_rate"),
         momentum=parser.get_parsed_content("momentum"),
     )
-    seconds, samples = train_one_epoch(network, parser.get_parsed_content("loss"), optimizer, loader)
+    loss = parser.get_parsed_content("loss")
+    peer_times, ours_times = [], []
+    for _ in range(rounds):
+        seconds, samples = train_one_epoch(network, loss, optimizer, loader)
+        peer_times.append(seconds)
+        ours_times.append(ours_epoch())
+    peer_s, ours_s = statistics.median(peer_times), statistics.median(ours_times)
     ours_loader = results["loader demo"]["samples_per_s"]
     cache = results["loader demo"]["cache_seconds"]
     say(
@@ -383,19 +393,21 @@ def bench_peer(parser: ConfigParser, ours: dict[str, float]) -> None:
         f"vs ours {ours_loader:.0f}"
     )
     say(
-        f"  one training epoch, {samples} samples, batch {batch_size}: "
-        f"peer ({workers} worker(s)) {seconds:.1f} s, ours ({ours_workers} worker(s)) "
-        f"{ours['epoch_s']:.1f} s (plus {cache:.1f} s to fill the cache once) "
-        f"-> ours is {seconds / ours['epoch_s']:.2f}x as fast per epoch"
+        f"  one training epoch, {samples} samples, batch {batch_size}, {rounds} alternating rounds, "
+        f"median: peer ({workers} worker(s)) {peer_s:.1f} s, ours ({ours_workers} worker(s)) "
+        f"{ours_s:.1f} s (plus {cache:.1f} s to fill the cache once) "
+        f"-> ours is {peer_s / ours_s:.2f}x as fast per epoch"
     )
+    each = "; ".join(f"peer {p:.1f} / ours {o:.1f}" for p, o in zip(peer_times, ours_times))
+    say(f"  (each round, s: {each})")
     record(
         "peer",
         loader_samples_per_s=alone,
-        epoch_s=seconds,
+        epoch_s=peer_s,
         samples=samples,
-        ours_epoch_s=ours["epoch_s"],
+        ours_epoch_s=ours_s,
         ours_cache_s=cache,
-        speedup=seconds / ours["epoch_s"],
+        speedup=peer_s / ours_s,
     )
 
 
@@ -432,14 +444,18 @@ def main(argv: list[str] | None = None) -> int:
 
         say("\n== 3. training step: bundle SupervisedTrainer (data from the cached loader) vs bare loop ==")
         say("  (ValidationHandler dropped; trainer time = interval between ITERATION_COMPLETED events)")
-        train_demo = bench_training(demo, "demo", rounds=3 if quick else 8, per_round=3 if quick else 4)
-        train_full = bench_training(full, "full", rounds=1 if quick else 2, per_round=1)
+        train_demo, demo_epoch = bench_training(
+            demo, "demo", rounds=3 if quick else 8, per_round=3 if quick else 4
+        )
+        train_full, _ = bench_training(full, "full", rounds=1 if quick else 2, per_round=1)
+        full.get_parsed_content("mlflow_tracking").close()
 
         say("\n== 4. inference: inference.json evaluator vs bare forward ==")
         bench_inference(out / "bundle", data_dir, patients=1 if quick else 2)
 
         say("\n== 5. tutorial-style plain-PyTorch peer (benchmarks/tutorial_peer.py), demo size ==")
-        bench_peer(demo, train_demo)
+        bench_peer(demo, demo_epoch, rounds=1 if quick else 3)
+        demo.get_parsed_content("mlflow_tracking").close()
 
         consumed_full = train_full["batch_size"] / train_full["bare_s_per_step"]
         consumed_demo = train_demo["batch_size"] / train_demo["bare_s_per_step"]
