@@ -99,6 +99,7 @@ def test_bad_input_rank_and_channels() -> None:
         ("n_filters", -1),
         ("dropout", 1.0),
         ("dropout", -0.1),
+        ("init", "xavier"),
     ],
 )
 def test_bad_constructor_arguments(name: str, value: float) -> None:
@@ -171,3 +172,63 @@ def test_train_and_eval_reach_every_submodule() -> None:
     model.down[0].train()  # the reverse
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def _weights(model: UNet, kind: type) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if type(m) is kind and m is not model.head]
+
+
+def test_he_init_draws_the_unet_papers_gaussians() -> None:
+    """Default init: N(0, 2 / (9 in_channels)) for the 3x3 convolutions, N(0, 1 / in_channels)
+    for the transposed ones, zero biases; checked on layers large enough for a 5% std estimate."""
+    torch.manual_seed(0)
+    model = UNet(n_filters=4, depth=4, dropout=0.0)
+    checked = 0
+    for kind, expected in (
+        (torch.nn.Conv2d, lambda m: (2 / (9 * m.in_channels)) ** 0.5),
+        (torch.nn.ConvTranspose2d, lambda m: (1 / m.in_channels) ** 0.5),
+    ):
+        for module in _weights(model, kind):
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+            if module.weight.numel() < 4000:
+                continue
+            w = module.weight.detach().double()
+            assert abs(float(w.mean())) < 0.1 * expected(module)
+            assert float(w.std()) == pytest.approx(expected(module), rel=0.05)
+            checked += 1
+    assert checked >= 8
+    # the head keeps PyTorch's default (uniform within 1 / sqrt(fan_in), non-zero bias)
+    bound = 1 / model.head.in_channels**0.5
+    head = model.head.weight.detach()
+    assert float(head.abs().max()) <= bound and float(model.head.bias.detach().abs()) > 0
+
+
+def test_pytorch_init_keeps_torchs_default_uniform() -> None:
+    """init="pytorch": kaiming_uniform(a=sqrt(5)), i.e. U(-b, b) with b = 1 / sqrt(fan_in), whose
+    standard deviation b / sqrt(3) is sqrt(6) times smaller than the he init's for a 3x3 conv."""
+    torch.manual_seed(0)
+    model = UNet(n_filters=4, depth=4, dropout=0.0, init="pytorch")
+    for module in _weights(model, torch.nn.Conv2d):
+        bound = 1 / (9 * module.in_channels) ** 0.5
+        w = module.weight.detach().double()
+        assert float(w.abs().max()) <= bound
+        if w.numel() >= 4000:
+            assert float(w.std()) == pytest.approx(bound / 3**0.5, rel=0.05)
+
+
+def test_he_init_keeps_the_signal_through_the_encoder() -> None:
+    """What the init is for: the bottleneck's activations keep their scale with "he" and shrink
+    with PyTorch's default (each ReLU conv keeps E[x^2] with "he", divides it by about 6 else)."""
+    x = torch.randn(2, 3, 64, 64)
+
+    def bottleneck_rms(init: str) -> float:
+        torch.manual_seed(0)
+        model = UNet(n_filters=3, depth=5, dropout=0.0, init=init).eval()
+        h = x
+        with torch.no_grad():
+            for level, block in enumerate(model.down):
+                h = block(h if level == 0 else model.pool(h))
+        return float(h.pow(2).mean().sqrt())
+
+    he, default = bottleneck_rms("he"), bottleneck_rms("pytorch")
+    assert he > 0.1 and default < he / 100, (he, default)
