@@ -178,14 +178,23 @@ def _weights(model: UNet, kind: type) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m) is kind and m is not model.head]
 
 
-def test_he_init_draws_the_unet_papers_gaussians() -> None:
-    """Default init: N(0, 2 / (9 in_channels)) for the 3x3 convolutions, N(0, 1 / in_channels)
-    for the transposed ones, zero biases; checked on layers large enough for a 5% std estimate."""
+@pytest.mark.parametrize("dropout", [0.0, 0.6])
+def test_he_init_draws_the_unet_papers_gaussians(dropout: float) -> None:
+    """Default init: N(0, 2 / (9 in_channels)) for the 3x3 convolutions, times (1 - p) for the
+    second one of a block (it follows Dropout(p)), N(0, 1 / in_channels) for the transposed
+    ones, zero biases; checked on layers large enough for a 5% std estimate."""
     torch.manual_seed(0)
-    model = UNet(n_filters=4, depth=4, dropout=0.0)
+    model = UNet(n_filters=4, depth=4, dropout=dropout)
+    after_dropout = {id(block[3]) for block in [*model.down, *model.up]}
+    assert all(isinstance(block[2], torch.nn.Dropout) for block in [*model.down, *model.up])
+
+    def conv_std(m: torch.nn.Module) -> float:
+        keep = 1 - dropout if id(m) in after_dropout else 1.0
+        return (2 * keep / (9 * m.in_channels)) ** 0.5
+
     checked = 0
     for kind, expected in (
-        (torch.nn.Conv2d, lambda m: (2 / (9 * m.in_channels)) ** 0.5),
+        (torch.nn.Conv2d, conv_std),
         (torch.nn.ConvTranspose2d, lambda m: (1 / m.in_channels) ** 0.5),
     ):
         for module in _weights(model, kind):
@@ -216,14 +225,19 @@ def test_pytorch_init_keeps_torchs_default_uniform() -> None:
             assert float(w.std()) == pytest.approx(bound / 3**0.5, rel=0.05)
 
 
-def test_he_init_keeps_the_signal_through_the_encoder() -> None:
-    """What the init is for: the bottleneck's activations keep their scale with "he" and shrink
-    with PyTorch's default (each ReLU conv keeps E[x^2] with "he", divides it by about 6 else)."""
-    x = torch.randn(2, 3, 64, 64)
+@pytest.mark.parametrize("dropout", [0.0, 0.6])
+def test_he_init_keeps_the_signal_through_the_encoder(dropout: float) -> None:
+    """What the init is for, in training mode: the bottleneck's activations keep their scale
+    with "he" (each ReLU conv keeps E[x^2], dropout included) and shrink with PyTorch's default
+    (its weights divide E[x^2] by about 6 per ReLU conv; its non-zero biases put some back).
+    Uncompensated dropout 0.6 would instead raise E[x^2] 2.5x per block, about 100x over five
+    blocks."""
+    x = torch.rand(2, 3, 64, 64)
+    x_rms = float(x.pow(2).mean().sqrt())
 
     def bottleneck_rms(init: str) -> float:
         torch.manual_seed(0)
-        model = UNet(n_filters=3, depth=5, dropout=0.0, init=init).eval()
+        model = UNet(n_filters=5, depth=5, dropout=dropout, init=init).train()
         h = x
         with torch.no_grad():
             for level, block in enumerate(model.down):
@@ -231,4 +245,5 @@ def test_he_init_keeps_the_signal_through_the_encoder() -> None:
         return float(h.pow(2).mean().sqrt())
 
     he, default = bottleneck_rms("he"), bottleneck_rms("pytorch")
-    assert he > 0.1 and default < he / 100, (he, default)
+    assert x_rms / 10 < he < x_rms * 10, (he, x_rms)  # uncompensated dropout: about 10x over
+    assert default < he / 20, (he, default)
