@@ -52,7 +52,7 @@ DEMO = [CONFIGS / "train.json", CONFIGS / "demo.json"]
 TARGET_STEP_RATE = 0.95  # training step rate of the bundle / bare loop
 TARGET_LOADER = 3.0  # loader samples/s / samples/s the full-size model consumes
 TARGET_READER = 0.5  # our reader's files/s / bare tifffile's
-UNet_ARGS = ("channels_in", "n_classes", "depth", "n_filters", "dropout")
+UNet_ARGS = ("channels_in", "n_classes", "depth", "n_filters", "dropout", "init")
 
 results: dict[str, dict] = {}
 
