@@ -40,7 +40,6 @@ from monai.data import ITKReader, PILReader  # noqa: E402
 from monai.transforms import LoadImaged  # noqa: E402
 
 from benchmarks.tutorial_peer import train_one_epoch, tutorial_loader  # noqa: E402
-from networks import UNet  # noqa: E402
 from pipeline.memory import keep_freed_memory  # noqa: E402
 from pipeline.phantom import generate_dataset  # noqa: E402
 from pipeline.runs import default_workers  # noqa: E402
@@ -52,7 +51,6 @@ DEMO = [CONFIGS / "train.json", CONFIGS / "demo.json"]
 TARGET_STEP_RATE = 0.95  # training step rate of the bundle / bare loop
 TARGET_LOADER = 3.0  # loader samples/s / samples/s the full-size model consumes
 TARGET_READER = 0.5  # our reader's files/s / bare tifffile's
-UNet_ARGS = ("channels_in", "n_classes", "depth", "n_filters", "dropout", "init")
 
 results: dict[str, dict] = {}
 
@@ -209,7 +207,7 @@ class BareLoop:
 
     def __init__(self, parser: ConfigParser, image: torch.Tensor, label: torch.Tensor) -> None:
         torch.manual_seed(0)
-        self.network = UNet(**{k: parser.get_parsed_content(f"network_def#{k}") for k in UNet_ARGS}).train()
+        self.network = parser.get_parsed_content("network_def", lazy=False).train()  # a fresh instance
         self.loss_function = parser.get_parsed_content("loss")
         # the trainer's first steps run at OneCycleLR's starting rate, max_lr / 25
         self.optimizer = torch.optim.SGD(
@@ -373,7 +371,7 @@ def bench_peer(parser: ConfigParser, ours_epoch: Callable[[], float], rounds: in
         samples += batch["image"].shape[0]
     alone = samples / (time.perf_counter() - start)
     torch.manual_seed(0)
-    network = UNet(**{k: parser.get_parsed_content(f"network_def#{k}") for k in UNet_ARGS})
+    network = parser.get_parsed_content("network_def", lazy=False)  # a fresh instance
     optimizer = torch.optim.SGD(
         network.parameters(),
         lr=parser.get_parsed_content("learning_rate"),

@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import list_data_collate
 from monai.transforms import RandFlipd, RandRotated, RandZoomd, apply_transform
+from monai.utils import MAX_SEED
 
 from transforms.compose import ComposeWithoutMeta, metadata_off
 from transforms.coordinates import CoordinateMap
@@ -260,8 +262,6 @@ class BatchAugmentation:
     """
 
     def __init__(self, transforms: Sequence[Any] | Any | None = None, collate_fn: Any = None) -> None:
-        from monai.data import list_data_collate
-
         self.augmentation = FusedAugmentation(transforms)
         self.collate_fn = collate_fn if collate_fn is not None else list_data_collate
         self._worker: tuple[int, int] | None = None
@@ -271,8 +271,6 @@ class BatchAugmentation:
         return self
 
     def __call__(self, items: Sequence[Any]) -> Any:
-        from monai.utils import MAX_SEED
-
         info = torch.utils.data.get_worker_info()
         if info is not None and self._worker != (info.id, info.seed):
             self._worker = (info.id, info.seed)
