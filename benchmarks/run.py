@@ -11,7 +11,7 @@ the timed runs overridden. Torch's thread count is left at its default, as the b
 Sections: 1 reading (files/s), 2 the training DataLoader alone (samples/s, from the cache),
 3 training step time of the bundle's SupervisedTrainer vs a bare loop, 4 inference (slices/s),
 5 a tutorial-style plain-PyTorch pipeline (benchmarks/tutorial_peer.py), then the targets of
-DESIGN.md (Performance). Not part of the test suite.
+docs/benchmarks.md. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from monai.data import ITKReader, PILReader  # noqa: E402
 from monai.transforms import LoadImaged  # noqa: E402
 
 from benchmarks.tutorial_peer import train_one_epoch, tutorial_loader  # noqa: E402
-from pipeline.memory import keep_freed_memory  # noqa: E402
-from pipeline.phantom import generate_dataset  # noqa: E402
-from pipeline.runs import default_workers  # noqa: E402
+from pipeline.data.phantom import generate_dataset  # noqa: E402
+from pipeline.training.memory import keep_freed_memory  # noqa: E402
+from pipeline.training.runs import default_workers  # noqa: E402
 from transforms import TiffReader  # noqa: E402
 
 CONFIGS = ROOT / "bundle" / "configs"
@@ -102,7 +102,7 @@ def bundle_parser(files: list[Path], root: Path, data_dir: Path) -> ConfigParser
     )
     handlers = [h for h in parser["train#handlers"] if h.get("_target_") != "ValidationHandler"]
     for handler in handlers:
-        if handler.get("_target_") == "pipeline.progress.TrainingProgress":
+        if handler.get("_target_") == "pipeline.training.progress.TrainingProgress":
             handler["evaluator"] = None
     parser["train#handlers"] = handlers
     return parser
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = keep_freed_memory()  # as train.json's initialize does; the bare loop gains alike
         say(
             f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads (the bundle's default), "
-            f"{'quick' if quick else 'full'} run, freed memory kept (pipeline.memory): {tuned}"
+            f"{'quick' if quick else 'full'} run, freed memory kept (pipeline.training.memory): {tuned}"
         )
         data_dir = dataset(out, 6 if quick else 10)
         demo = bundle_parser(DEMO, out / "bundle", data_dir)
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             ("loader alone / model's consumption, full size", loader_full / consumed_full, TARGET_LOADER),
             ("reader (ours / bare tifffile)", results["reading"]["ratio"], TARGET_READER),
         ]
-        say("\n== targets (DESIGN.md, Performance) ==")
+        say("\n== targets (docs/benchmarks.md) ==")
         for name, value, target in checks:
             verdict = "met" if value >= target else "MISSED"
             say(f"  {name:50s} {value:8.2f}  target >= {target:<5g} {verdict}")

@@ -4,7 +4,7 @@ Plain PyTorch, no MONAI and no cache: a ``Dataset`` that reads each TIFF slice a
 tifffile on every item, min-max scales the image, resizes both (area for the image,
 nearest-neighbour for the mask) and augments per item with torch ops (zoom and rotation through
 one ``affine_grid``/``grid_sample``, horizontal flip), a weighted sampler, and a bare loop of
-forward, loss, backward and SGD step. The augmentation follows the recipe in DESIGN.md (zoom
+forward, loss, backward and SGD step. The augmentation follows the recipe in README.md (zoom
 0.95-1.05, rotation +-15 degrees, flip p=0.5, masks nearest-neighbour), so the peer does the
 same work per sample as the bundle, minus the bundle's cache.
 """

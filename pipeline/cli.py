@@ -12,12 +12,15 @@ import importlib
 import logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pipeline.phantom", "write a phantom dataset in the kaggle_3m layout"),
-    "check-data": ("pipeline.checks", "validate a dataset folder in the kaggle_3m layout"),
-    "compare": ("pipeline.compare", "compare MLflow runs: table and overlaid learning curves"),
-    "export": ("pipeline.export", "export a trained model as a MONAI bundle folder and .zip"),
-    "verify-bundle": ("pipeline.verify", "verify an exported bundle offline (schema, network, hashes)"),
-    "import-bundle": ("pipeline.bundle_import", "unpack a received bundle .zip safely and verify it"),
+    "synth": ("pipeline.data.phantom", "write a phantom dataset in the kaggle_3m layout"),
+    "check-data": ("pipeline.data.checks", "validate a dataset folder in the kaggle_3m layout"),
+    "compare": ("pipeline.tracking.compare", "compare MLflow runs: table and overlaid learning curves"),
+    "export": ("pipeline.export.build", "export a trained model as a MONAI bundle folder and .zip"),
+    "verify-bundle": (
+        "pipeline.export.verify",
+        "verify an exported bundle offline (schema, network, hashes)",
+    ),
+    "import-bundle": ("pipeline.export.safe_import", "unpack a received bundle .zip safely and verify it"),
 }
 
 

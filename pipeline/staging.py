@@ -1,6 +1,6 @@
 """Build a folder all at once: fill a staging folder beside it, then rename it into place.
 
-Used by the phantom generator (:func:`pipeline.phantom.generate_dataset`), so that a run killed
+Used by the phantom generator (:func:`pipeline.data.phantom.generate_dataset`), so that a run killed
 mid-way never leaves a partly filled dataset folder that the next run takes for data:
 
 - The files go to ``.<name>.partial-<pid>-<random>`` beside the target (same filesystem). The

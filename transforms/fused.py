@@ -251,7 +251,7 @@ class BatchAugmentation:
     ``FusedAugmentation`` (and its fallbacks) and the results through ``collate_fn``.
 
     Random state: ``set_random_state`` seeds the transforms as ``FusedAugmentation`` does
-    (``pipeline.resume.EpochSeeding`` finds this on the trainer's DataLoader and reseeds it
+    (``pipeline.training.resume.EpochSeeding`` finds this on the trainer's DataLoader and reseeds it
     every epoch). In a DataLoader worker process it reseeds itself once from the worker's seed,
     as MONAI's ``worker_init_fn`` does for a dataset's transforms, so workers draw differently.
 

@@ -35,7 +35,7 @@ def record_ranks(trainer, sampler, evaluator, network, data, out_dir: str) -> No
     """
     from ignite.engine import Events
 
-    import pipeline.distributed as distributed
+    import pipeline.training.distributed as distributed
 
     index_of = {(r["patient"], int(r["slice"])): i for i, r in enumerate(data.train)}
     drawn: list[int] = []
@@ -219,7 +219,7 @@ def test_world_of_one_keeps_the_bundle_properties(job, tmp_path, monkeypatch):
 
 
 def test_helpers_are_the_single_process_recipe_outside_torchrun():
-    import pipeline.distributed as distributed
+    import pipeline.training.distributed as distributed
 
     assert distributed.world_size() == 1 and distributed.rank() == 0
     assert distributed.draws_per_rank(155) == 155
@@ -231,7 +231,7 @@ def test_helpers_are_the_single_process_recipe_outside_torchrun():
 
 
 def test_init_without_torchrun_says_how_to_start(monkeypatch):
-    import pipeline.distributed as distributed
+    import pipeline.training.distributed as distributed
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

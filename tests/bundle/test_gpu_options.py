@@ -1,4 +1,4 @@
-"""The GPU options of train.json (pipeline/device.py), each turned on and trained on the CPU.
+"""The GPU options of train.json (pipeline/training/device.py), each turned on and trained on the CPU.
 
 Every run is train.json through MONAI's ConfigWorkflow with the tiny overrides of the bundle smoke
 test, one epoch on two phantom patients (shared by the runs). Global forward hooks record what
@@ -105,7 +105,7 @@ def test_default_loader_is_the_configured_dataloader_and_on_device_a_thread_load
     """The factory alone, with workers and pinning asked for (no worker is started)."""
     from monai.data import DataLoader, ThreadDataLoader
 
-    from pipeline.device import train_loader
+    from pipeline.training.device import train_loader
 
     data = [{"image": torch.zeros(1)}] * 4
     plain = train_loader(False, dataset=data, batch_size=2, num_workers=2, pin_memory=True)
@@ -117,7 +117,7 @@ def test_default_loader_is_the_configured_dataloader_and_on_device_a_thread_load
 
 @pytest.mark.slow
 def test_amp_runs_the_forward_in_bfloat16(tmp_path, phantom):
-    from pipeline.device import AutocastInferer
+    from pipeline.training.device import AutocastInferer
 
     workflow, seen = _train(tmp_path, phantom, amp=True)
     parse = workflow.parser.get_parsed_content

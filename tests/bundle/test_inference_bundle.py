@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from networks import UNet
-from pipeline.inference import tiff_preprocessing
+from pipeline.inference.workflow import tiff_preprocessing
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.phantom import generate_dataset
+from pipeline.data.phantom import generate_dataset
 from tests.bundle.test_train_bundle import CONFIGS, TINY
-from tests.pipeline.test_compare import free_port, wait_until_up
+from tests.pipeline.tracking.test_compare import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH_METRICS = ("train_loss", "val_volume_dice", "val_dice", "val_bce", "val_dice_loss")
@@ -192,7 +192,7 @@ def test_read_only_database_keeps_training_and_is_left_untouched(tmp_path, phant
 @pytest.mark.slow
 def test_tracking_server_killed_mid_training(tmp_path, phantom):
     """A real ``mlflow server`` (sqlite backend, 1 worker) is killed after the run has logged a
-    few iterations. The fixture of tests/pipeline/test_compare.py does not hand out its process,
+    few iterations. The fixture of tests/pipeline/tracking/test_compare.py does not hand out its process,
     so the server is started here (with that module's helpers) in its own process group, which
     is killed at once. Afterwards the server's database says what reached it; the run's report
     must account for the rest, and the handler must stop calling the dead server."""

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import torch
 
-from pipeline.phantom import generate_dataset
+from pipeline.data.phantom import generate_dataset
 from tests.bundle.test_train_bundle import run_bundle
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.phantom import generate_dataset
+from pipeline.data.phantom import generate_dataset
 from tests.bundle.test_train_bundle import CONFIGS, TINY, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

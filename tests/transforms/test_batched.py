@@ -10,7 +10,7 @@ from ignite.engine import Engine
 from monai.data import DataLoader, list_data_collate
 from monai.transforms import RandFlipd, RandGaussianNoised, RandRotated, RandZoomd
 
-from pipeline.resume import EpochSeeding
+from pipeline.training.resume import EpochSeeding
 from transforms import BatchAugmentation, ComposeWithoutMeta, FusedAugmentation
 
 KEYS = ["image", "label"]

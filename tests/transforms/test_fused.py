@@ -13,7 +13,7 @@ from monai.transforms import (
     RandZoomd,
 )
 
-from pipeline.runs import cached_dataset
+from pipeline.training.runs import cached_dataset
 from transforms import ComposeWithoutMeta, FusedAugmentation
 
 KEYS = ["image", "label"]

@@ -1,0 +1,295 @@
+"""Evaluation as the paper does it: slices restacked per patient, metrics per patient volume.
+
+``bundle/configs/evaluate.json`` runs a MONAI SupervisedEvaluator whose inferer is
+``FlipTTAInferer`` (two output channels: the plain logits and the horizontal-flip test-time
+augmented logits) and whose handler ``EvaluationReport`` collects every slice. When the evaluator
+completes, the report evaluates each post-processing option
+
+- ``threshold``: sigmoid > threshold (default 0.5),
+- ``threshold+lcc``: then keep the largest 3-D connected component per patient (the paper's code),
+- ``tta``: mean of the logits of the slice and of its horizontal flip, then the threshold,
+- ``tta+lcc``: both,
+
+and writes ``summary.json`` (per-case records naming the image files, then aggregates, sorted
+keys), ``per_slice.csv`` and pictures, and logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.inferers import Inferer
+
+from pipeline.atomic import write_json, write_text
+from pipeline.evaluation import metrics
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("threshold", "threshold+lcc", "tta", "tta+lcc")
+
+
+class FlipTTAInferer(Inferer):
+    """Logits of the network and of horizontal-flip test-time augmentation, as two channels.
+
+    Channel 0 is ``network(x)``; channel 1 is the mean of ``network(x)`` and
+    ``flip(network(flip(x)))`` (flip over the last axis, the image columns). Only for networks
+    with one output channel.
+
+    Args:
+        tta: compute the flipped pass; with False channel 1 repeats channel 0. Default True.
+    """
+
+    def __init__(self, tta: bool = True) -> None:
+        super().__init__()
+        self.tta = tta
+
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs
+    ) -> torch.Tensor:
+        plain = network(inputs, *args, **kwargs)
+        if plain.shape[1] != 1:
+            raise ValueError(f"FlipTTAInferer expects a network with 1 output channel, got {plain.shape[1]}")
+        if not self.tta:
+            return torch.cat([plain, plain], dim=1)
+        flipped = torch.flip(network(torch.flip(inputs, dims=[-1]), *args, **kwargs), dims=[-1])
+        return torch.cat([plain, (plain + flipped) / 2], dim=1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _bce(prob: np.ndarray, truth: np.ndarray) -> float:
+    return metrics.per_slice_bce(prob, truth)
+
+
+class EvaluationReport:
+    """Collect evaluated slices per patient and report per-volume metrics for each option.
+
+    Args:
+        output_dir: where summary.json, per_slice.csv and the pictures go.
+        threshold: probability threshold, default 0.5.
+        checkpoint: path of the evaluated checkpoint (recorded in summary.json). Default None.
+        tracking: an object with ``log_evaluation(summary, files)`` (``EvaluationTracking``)
+            or None. Default None.
+        pictures: write the PNG pictures. Default True.
+        n_picture_slices: slices with lesions shown in the grid. Default 8.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        threshold: float = 0.5,
+        checkpoint: str | None = None,
+        tracking: Any = None,
+        pictures: bool = True,
+        n_picture_slices: int = 8,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), not {threshold}")
+        self.output_dir = Path(output_dir)
+        self.threshold = threshold
+        self.checkpoint = checkpoint
+        self.tracking = tracking
+        self.pictures = pictures
+        self.n_picture_slices = n_picture_slices
+        self.slices: dict[str, dict[int, dict]] = defaultdict(dict)
+        self.summary: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.STARTED, lambda _: self.slices.clear())
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+            engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        for output, batch in zip(engine.state.output, engine.state.batch):
+            logits = torch.as_tensor(output["pred"]).detach().float().cpu().numpy()
+            patient, index = str(batch["patient"]), int(batch["slice"])
+            if index in self.slices[patient]:
+                raise ValueError(
+                    f"slice {index} of patient {patient} was evaluated twice; check the datalist"
+                )
+            image = torch.as_tensor(batch["image"]).detach().cpu().numpy()
+            self.slices[patient][index] = {
+                "prob": _sigmoid(logits[0]).astype(np.float32),
+                "prob_tta": _sigmoid(logits[1]).astype(np.float32),
+                "truth": torch.as_tensor(output["label"]).detach().cpu().numpy()[0] > 0.5,
+                "flair": (np.clip(image[1 if image.shape[0] > 1 else 0], 0, 1) * 255).astype(np.uint8),
+                "image_file": str(batch.get("image_file", "")),
+                "label_file": str(batch.get("label_file", "")),
+            }
+
+    def completed(self, engine: Engine | None = None) -> dict:
+        if not self.slices:
+            raise ValueError("EvaluationReport: no slice was evaluated; is the evaluation datalist empty?")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        summary, rows = evaluate_volumes(self.slices, self.threshold)
+        summary["checkpoint"] = self.checkpoint
+        summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        files = {"summary": self.output_dir / "summary.json", "per_slice": self.output_dir / "per_slice.csv"}
+        write_json(files["summary"], summary)
+        _write_csv(files["per_slice"], rows)
+        if self.pictures:
+            files.update(self._pictures(summary))
+        for name, variant in summary["aggregates"].items():
+            logger.info(
+                "%-14s per-volume Dice mean %.4f median %.4f over %d patients (%d with both masks empty)",
+                name,
+                variant["dice"]["mean"] if variant["dice"]["mean"] is not None else float("nan"),
+                variant["dice"]["median"] if variant["dice"]["median"] is not None else float("nan"),
+                variant["dice"]["n_total"],
+                variant["dice"]["n_undefined"],
+            )
+        if self.tracking is not None:
+            self.tracking.log_evaluation(summary, files)
+        self.summary = summary
+        return summary
+
+    def _pictures(self, summary: dict) -> dict[str, Path]:
+        from pipeline.evaluation import figures
+
+        out = {}
+        samples = []
+        flat = [(p, i, s) for p in sorted(self.slices) for i, s in sorted(self.slices[p].items())]
+        labels = [s["truth"] for _, _, s in flat]
+        patients = [p for p, _, _ in flat]
+        for k in figures.pick_lesion_slices(labels, patients=patients, n=self.n_picture_slices, seed=0):
+            patient, index, s = flat[k]
+            pred = s["prob"] > self.threshold
+            dice = metrics.dice(pred, s["truth"])
+            image = np.repeat((s["flair"].astype(np.float32) / 255.0)[None], 3, axis=0)
+            samples.append(
+                {
+                    "image": image,
+                    "label": s["truth"],
+                    "pred": pred,
+                    "title": f"{patient} slice {index} Dice {dice:.2f}",
+                }
+            )
+        if samples:
+            out["grid"] = figures.prediction_grid(samples, self.output_dir / "predictions.png")
+        per_patient = {c["patient"]: c["metrics"]["threshold"]["dice"] for c in summary["cases"]}
+        per_patient = {k: (np.nan if v is None else v) for k, v in per_patient.items()}
+        out["dice_chart"] = figures.dice_bar_chart(per_patient, self.output_dir / "per_patient_dice.png")
+        return out
+
+
+def evaluate_volumes(slices: dict[str, dict[int, dict]], threshold: float) -> tuple[dict, list[dict]]:
+    """Per-patient and per-slice metrics of every post-processing option.
+
+    Args:
+        slices: patient -> slice number -> {"prob", "prob_tta", "truth", "image_file", "label_file"}.
+        threshold: probability threshold.
+
+    Returns:
+        (summary dict with "cases" and "aggregates", per-slice rows for the CSV).
+    """
+    cases, rows = [], []
+    per_variant: dict[str, dict[str, list[float]]] = {v: defaultdict(list) for v in VARIANTS}
+    for patient in sorted(slices):
+        order = sorted(slices[patient])
+        truth = np.stack([slices[patient][i]["truth"] for i in order])
+        probs = {
+            "threshold": np.stack([slices[patient][i]["prob"] for i in order]),
+            "tta": np.stack([slices[patient][i]["prob_tta"] for i in order]),
+        }
+        masks = {}
+        for base in ("threshold", "tta"):
+            masks[base] = probs[base] > threshold
+            masks[f"{base}+lcc"] = metrics.largest_component(masks[base])
+        case_metrics = {}
+        for variant in VARIANTS:
+            result = metrics.volume_metrics(masks[variant], truth)
+            case_metrics[variant] = {k: _json_number(v) for k, v in result.items()}
+            for key in ("dice", "iou", "hd95"):
+                per_variant[variant][key].append(result[key])
+        cases.append(
+            {
+                "patient": patient,
+                "slices": [int(i) for i in order],
+                "images": [slices[patient][i]["image_file"] for i in order],
+                "labels": [slices[patient][i]["label_file"] for i in order],
+                "metrics": case_metrics,
+            }
+        )
+        for z, index in enumerate(order):
+            row = {"patient": patient, "slice": int(index), "image": slices[patient][index]["image_file"]}
+            row["true_pixels"] = int(truth[z].sum())
+            for variant in VARIANTS:
+                pred = masks[variant][z]
+                row[f"{variant}_dice"] = _csv_number(metrics.dice(pred, truth[z]))
+                row[f"{variant}_iou"] = _csv_number(metrics.iou(pred, truth[z]))
+                row[f"{variant}_pred_pixels"] = int(pred.sum())
+            row["bce"] = _csv_number(_bce(probs["threshold"][z], truth[z]))
+            row["tta_bce"] = _csv_number(_bce(probs["tta"][z], truth[z]))
+            rows.append(row)
+    aggregates = {
+        variant: {key: metrics.summarize(values) for key, values in per_variant[variant].items()}
+        for variant in VARIANTS
+    }
+    for variant in VARIANTS:
+        aggregates[variant]["slice_dice"] = metrics.summarize(
+            [float("nan") if r[f"{variant}_dice"] == "" else float(r[f"{variant}_dice"]) for r in rows]
+        )
+    aggregates["threshold"]["slice_bce"] = metrics.summarize([float(r["bce"]) for r in rows])
+    aggregates["tta"]["slice_bce"] = metrics.summarize([float(r["tta_bce"]) for r in rows])
+    summary = {
+        "threshold": threshold,
+        "n_patients": len(cases),
+        "n_slices": len(rows),
+        "cases": cases,
+        "aggregates": aggregates,
+        "note": "Dice/IoU are undefined (null) when truth and prediction are both empty; such patients are "
+        "counted in n_undefined and left out of mean and median. hd95 is in pixels (inf when exactly one "
+        "mask is empty, such cases are excluded from the hd95 aggregates).",
+    }
+    return summary, rows
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _csv_number(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.6f}"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def evaluation_records(prepared: Any, eval_set: str = "val") -> list[dict]:
+    """The records to evaluate, each with ``image_file`` and ``label_file`` for the report.
+
+    Args:
+        prepared: ``pipeline.data.prepare.PreparedData``.
+        eval_set: "val" (the validation patients of the split) or "all" (every patient).
+    """
+    if eval_set not in ("val", "all"):
+        raise ValueError(f"eval_set must be 'val' or 'all', not {eval_set!r}")
+    records = (
+        prepared.val
+        if eval_set == "val"
+        else sorted(prepared.train + prepared.val, key=lambda r: (r["patient"], r["slice"]))
+    )
+    return [dict(r, image_file=r["image"], label_file=r["label"]) for r in records]

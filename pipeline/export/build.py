@@ -1,0 +1,447 @@
+"""`python -m pipeline export`: a trained model as a MONAI bundle another team runs with MONAI alone.
+
+The bundle folder (and a .zip of it beside the folder) follows the MONAI bundle layout::
+
+    configs/inference.json   self-contained: MONAI transforms and the TorchScript model only
+    configs/metadata.json    versions, network_data_format, metrics, MLflow run, sha256 of the models
+    configs/logging.conf
+    configs/train.json       the run's merged training config, for reproduction (needs this repository)
+    configs/evaluate.json    the evaluation overlay, for reproduction (needs this repository)
+    models/model.pt          weights only (a state_dict)
+    models/model.ts          TorchScript, written by ``monai.bundle.ckpt_export``
+    models/model.onnx        ONNX, opset 17, dynamic batch axis
+    docs/README.md           model card
+    LICENSE
+
+Why the exported inference.json needs no code of ours: the network is the TorchScript file
+(``torch.jit.load``), and the preprocessing is spelled with MONAI transforms that compute what
+:func:`pipeline.inference.workflow.tiff_preprocessing` computes. PILReader is used with
+``reverse_indexing=False`` (MONAI's default swaps rows and columns; our TiffReader keeps
+tifffile's order) and PILWriter likewise. The probabilities go back to the slice's size through
+``Invertd`` of a bilinear resize recorded on a copy of the image (``geometry``), which is what
+:class:`pipeline.inference.workflow.MaskWriter` does (bilinear, align_corners False), then ``> threshold``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import torch
+
+from pipeline.export.verify import MODEL_FILES, sha256
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundle"
+ONNX_OPSET = 17
+
+
+@dataclass
+class ModelSource:
+    """What is exported: a weights file and what is known about the run that trained it.
+
+    Attributes:
+        checkpoint: local weights file (``model.pt`` state_dict or a training checkpoint).
+        config: the run's merged training config (``config.json`` of the run folder or MLflow artifact).
+        metrics: metric name -> value (MLflow run metrics, evaluation summary).
+        mlflow: ``{"run_id", "tracking_uri", "experiment", "run_name"}`` or empty when unknown.
+    """
+
+    checkpoint: Path
+    config: dict
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow: dict[str, str] = field(default_factory=dict)
+
+
+def default_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/outputs/mlflow.db``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
+
+
+def _run_metrics(client: Any, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+    run = client.get_run(run_id)
+    keep = ("best_val_volume_dice", "val_volume_dice", "val_dice", "val_bce", "train_loss")
+    metrics = {k: float(v) for k, v in run.data.metrics.items() if k in keep or k.startswith("eval_")}
+    info = {"run_id": run_id, "run_name": run.info.run_name or ""}
+    experiment = client.get_experiment(run.info.experiment_id)
+    info["experiment"] = experiment.name if experiment else ""
+    return metrics, info
+
+
+def _summary_metrics(run_dir: Path) -> dict[str, float]:
+    """Aggregates of ``<run_dir>/evaluation/summary.json`` (written by evaluate.json), if present."""
+    path = run_dir / "evaluation" / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    out = {"eval_patients": float(summary.get("n_patients", 0))}
+    for variant, stats in summary.get("aggregates", {}).items():
+        for stat in ("mean", "median"):
+            value = stats.get("dice", {}).get(stat)
+            if value is not None:
+                out[f"eval_{variant.replace('+', '_')}_dice_{stat}"] = float(value)
+    return out
+
+
+def source_from_run(run_id: str, tracking_uri: str, workdir: Path) -> ModelSource:
+    """Download ``models/model.pt`` and ``config.json`` of an MLflow run (local store or server)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    metrics, info = _run_metrics(client, run_id)
+    files = {}
+    for artifact in ("models/model.pt", "config.json"):
+        try:
+            files[artifact] = Path(client.download_artifacts(run_id, artifact, str(workdir)))
+        except Exception as error:
+            raise FileNotFoundError(
+                f"MLflow run {run_id} at {tracking_uri} has no artifact {artifact} ({error}); "
+                "runs log it when training completes. Export a local file with --checkpoint instead."
+            ) from error
+    return ModelSource(
+        checkpoint=files["models/model.pt"],
+        config=json.loads(files["config.json"].read_text()),
+        metrics=metrics,
+        mlflow=dict(info, tracking_uri=tracking_uri),
+    )
+
+
+def source_from_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None) -> ModelSource:
+    """A local weights file; its run folder (``<run>/models/<file>``) gives config, run id and metrics."""
+    path = Path(checkpoint).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --checkpoint <run>/models/model.pt")
+    run_dir = path.parent.parent
+    config_file = run_dir / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+    else:
+        logger.warning("%s not found: taking the network settings of bundle/configs/train.json", config_file)
+        config = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    source = ModelSource(checkpoint=path, config=config, metrics=_summary_metrics(run_dir))
+    run_file = run_dir / "mlflow_run.json"
+    if run_file.is_file():
+        record = json.loads(run_file.read_text())
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri")
+        try:
+            import mlflow
+
+            metrics, info = _run_metrics(mlflow.MlflowClient(tracking_uri=uri), record["run_id"])
+            source.metrics = {**metrics, **source.metrics}
+            source.mlflow = dict(info, tracking_uri=uri)
+        except Exception as error:  # the bundle is still useful without MLflow
+            logger.warning("MLflow run %s not readable at %s (%s)", record.get("run_id"), uri, error)
+            source.mlflow = {"run_id": record.get("run_id", ""), "tracking_uri": uri or ""}
+    return source
+
+
+def network_settings(config: dict) -> dict:
+    """The ``network_def`` of a merged training config with references resolved."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(config)
+    return {key: parser.get_parsed_content(f"network_def#{key}") for key in config["network_def"]}
+
+
+def standalone_inference_config(image_size: int, threshold: float = 0.5) -> dict:
+    """inference.json of the exported bundle: MONAI + torch only, TIFF slices in, TIFF masks out."""
+    return {
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "bundle_root": ".",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "output_dir": "$@bundle_root + '/eval'",
+        "image_size": image_size,
+        "threshold": threshold,
+        "batch_size": 8,
+        "num_workers": 0,
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location='cpu')",
+        "network": "$@network_def.to(@device)",
+        "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@dataset_dir, '**', '*.tif'), "
+        "recursive=True)) if not f.endswith('_mask.tif')]",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {
+                    "_target_": "LoadImaged",
+                    "keys": "image",
+                    "reader": "PILReader",
+                    "reverse_indexing": False,
+                    "image_only": True,
+                },
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "CopyItemsd", "keys": "image", "names": "geometry"},
+                {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
+                {
+                    "_target_": "Resized",
+                    "keys": ["image", "geometry"],
+                    "spatial_size": ["@image_size", "@image_size"],
+                    "mode": ["area", "bilinear"],
+                },
+                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32", "track_meta": False},
+            ],
+        },
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": "@batch_size",
+            "shuffle": False,
+            "num_workers": "@num_workers",
+        },
+        "inferer": {"_target_": "SimpleInferer"},
+        "saver": {
+            "_target_": "SaveImaged",
+            "keys": "pred",
+            "output_dir": "@output_dir",
+            "output_postfix": "mask",
+            "output_ext": ".tif",
+            "output_dtype": "$numpy.uint8",
+            "scale": 255,
+            "resample": False,
+            "data_root_dir": "@dataset_dir",
+            "separate_folder": False,
+            "writer": "PILWriter",
+            "print_log": False,
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "geometry",
+                    "nearest_interp": False,
+                },
+                {"_target_": "Lambdad", "keys": "pred", "func": "$lambda p: (p > @threshold).float()"},
+                "$@saver.set_options(write_kwargs={'reverse_indexing': False})",
+            ],
+        },
+        "handlers": [],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+        },
+        "initialize": [],
+        "run": ["$@evaluator.run()"],
+        "finalize": [],
+    }
+
+
+def build_metadata(source: ModelSource, settings: dict, image_size: int) -> dict:
+    """metadata.json of the export: the repository's, with versions, shapes, metrics and the run."""
+    import ignite
+    import monai
+    import numpy
+    import PIL
+
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    meta["monai_version"] = monai.__version__
+    meta["pytorch_version"] = torch.__version__.split("+")[0]
+    meta["numpy_version"] = numpy.__version__
+    meta["required_packages_version"] = {"pytorch-ignite": ignite.__version__, "pillow": PIL.__version__}
+    multiple = 2 ** (int(settings.get("depth", 5)) - 1)
+    for part in ("inputs", "outputs"):
+        for spec in meta["network_data_format"][part].values():
+            spec["spatial_shape"] = [f"{multiple}*n", f"{multiple}*n"]
+    meta["eval_metrics"] = {k: round(v, 6) for k, v in sorted(source.metrics.items())}
+    meta["network_settings"] = settings
+    meta["image_size"] = image_size
+    meta["mlflow"] = source.mlflow
+    meta["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return meta
+
+
+def _model_card(meta: dict, settings: dict, config: dict) -> str:
+    metrics = meta["eval_metrics"] or {"(none recorded)": ""}
+    rows = "\n".join(f"| {name} | {value} |" for name, value in metrics.items())
+    return Template((BUNDLE / "docs" / "README.md").read_text()).safe_substitute(
+        version=meta["version"],
+        exported=meta["exported"],
+        run_id=meta["mlflow"].get("run_id") or "unknown",
+        run_name=meta["mlflow"].get("run_name") or "unknown",
+        tracking_uri=meta["mlflow"].get("tracking_uri") or "unknown",
+        network=", ".join(f"{k}={v}" for k, v in settings.items() if k != "_target_"),
+        image_size=meta["image_size"],
+        size_multiple=meta["network_data_format"]["inputs"]["image"]["spatial_shape"][0],
+        epochs=config.get("epochs", "?"),
+        learning_rate=config.get("learning_rate", "?"),
+        batch_size=config.get("batch_size", "?"),
+        phantom=str(config.get("dataset_dir") == config.get("phantom_dir")),
+        metrics_table=rows,
+        monai_version=meta["monai_version"],
+        pytorch_version=meta["pytorch_version"],
+    )
+
+
+def _export_onnx(network: torch.nn.Module, path: Path, image_size: int) -> None:
+    example = torch.rand(2, network.channels_in, image_size, image_size)
+    with warnings.catch_warnings():  # tracer notes on the shape checks, which ONNX does not need
+        warnings.simplefilter("ignore")
+        # the TorchScript-based exporter: the dynamo one needs onnxscript, not installed offline
+        torch.onnx.export(
+            network,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
+        )
+
+
+def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write the bundle folder ``out_dir`` and ``<out_dir>.zip``; returns both paths.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not empty.
+        ValueError: the checkpoint does not fit the run's network settings.
+    """
+    from monai.bundle import ConfigParser, ckpt_export
+
+    from pipeline.training.checkpoints import load_weights
+
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
+    started = time.perf_counter()
+    settings = network_settings(source.config)
+    image_size = int(ConfigParser(source.config).get_parsed_content("image_size"))
+    network = ConfigParser({"network_def": settings}).get_parsed_content("network_def")
+    load_weights(network, source.checkpoint).eval()
+    for folder in ("configs", "models", "docs"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+
+    torch.save(network.state_dict(), out / "models" / "model.pt")
+    meta = build_metadata(source, settings, image_size)
+    _write_json(out / "configs" / "metadata.json", meta)
+    _write_json(out / "configs" / "inference.json", standalone_inference_config(image_size))
+    train = {k: v for k, v in source.config.items() if k != "_meta_"}
+    _write_json(out / "configs" / "train.json", dict(train, bundle_root="."))
+    shutil.copy(BUNDLE / "configs" / "evaluate.json", out / "configs" / "evaluate.json")
+    shutil.copy(BUNDLE / "configs" / "logging.conf", out / "configs" / "logging.conf")
+    shutil.copy(BUNDLE / "LICENSE", out / "LICENSE")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        network_file = Path(tmp) / "network.json"
+        _write_json(network_file, {"imports": ["$import networks"], "network_def": settings})
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(out / "models" / "model.ts"),
+            ckpt_file=str(out / "models" / "model.pt"),
+            meta_file=str(out / "configs" / "metadata.json"),
+            config_file=str(network_file),
+        )
+    _export_onnx(network, out / "models" / "model.onnx", image_size)
+
+    meta["model_files"] = {name: {"sha256": sha256(out / name)} for name in MODEL_FILES}
+    _write_json(out / "configs" / "metadata.json", meta)
+    (out / "docs" / "README.md").write_text(_model_card(meta, settings, source.config))
+    archive = Path(shutil.make_archive(str(out), "zip", root_dir=out.parent, base_dir=out.name))
+    logger.info("Exported %s and %s in %.1f s", out, archive, time.perf_counter() - started)
+    return out, archive
+
+
+def register_bundle(source: ModelSource, bundle_dir: Path, name: str, tracking_uri: str) -> Any:
+    """Log the bundle as artifacts of its run (``bundle/``) and register that as a model version.
+
+    A checkpoint without a known run gets a new run ``export-<time>``. The version's tags hold the
+    metrics; its description the run and the headline metric.
+
+    Returns:
+        The ``ModelVersion``.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = source.mlflow.get("tracking_uri") or tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = source.mlflow.get("run_id")
+    if not run_id:
+        experiment = client.get_experiment_by_name("lgg-segmentation")
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment("lgg-segmentation")
+        )
+        run_id = client.create_run(
+            experiment_id, run_name=f"export-{time.strftime('%Y%m%d-%H%M%S')}"
+        ).info.run_id
+        client.set_terminated(run_id)
+    client.log_artifacts(run_id, str(bundle_dir), "bundle")
+    try:
+        client.create_registered_model(name, description="LGG FLAIR abnormality segmentation (MONAI bundle)")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    headline = source.metrics.get("best_val_volume_dice")
+    description = f"MONAI bundle exported from run {run_id}"
+    if headline is not None:
+        description += f"; best validation per-volume Dice {headline:.4f}"
+    tags = {k: f"{v:.6g}" for k, v in source.metrics.items()}
+    version = client.create_model_version(
+        name,
+        source=f"{client.get_run(run_id).info.artifact_uri}/bundle",
+        run_id=run_id,
+        tags=tags,
+        description=description,
+    )
+    logger.info("Registered %s version %s (run %s) at %s", name, version.version, run_id, uri)
+    return version
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="RUN_ID", help="MLflow run whose models/model.pt is exported")
+    which.add_argument("--checkpoint", metavar="PATH", help="a local model.pt (or training checkpoint)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create (and DIR.zip)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db)",
+    )
+    parser.add_argument(
+        "--register", metavar="NAME", help="also register the bundle in MLflow's model registry"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    uri = default_tracking_uri(args.tracking_uri)
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            if args.run:
+                source = source_from_run(args.run, uri, Path(workdir))
+            else:
+                source = source_from_checkpoint(args.checkpoint, args.tracking_uri)
+            bundle_dir, archive = export_bundle(source, args.out)
+        except (FileNotFoundError, FileExistsError, ValueError) as error:
+            logger.error("%s", error)
+            return 1
+        if args.register:
+            version = register_bundle(source, bundle_dir, args.register, uri)
+            print(f"registered {args.register} version {version.version}")
+    for name in MODEL_FILES:
+        print(f"{name}: {(bundle_dir / name).stat().st_size / 1e6:.2f} MB")
+    print(f"bundle: {bundle_dir}\narchive: {archive}")
+    return 0

@@ -1,0 +1,137 @@
+"""The MLflow plumbing of the training and evaluation runs: MLflow trouble never stops training.
+
+- A locked SQLite database (another run writing) is retried with growing pauses, on top of
+  MLflow's 20 s busy timeout. MLflow creates and migrates a new database file without a lock, so
+  two runs starting on a fresh file would race: the client is built under a file lock.
+- Other failures warn (the first one) and what they concern is counted as not logged.
+- An unavailable store (connection refused or timed out, unknown host, read-only or unopenable
+  database) trips a circuit breaker: MLflow is not contacted for ``unavailable_pause`` s (300)
+  and what falls due meanwhile is counted as not logged. Decision: a dead server then costs one
+  failed call (~2.5 s when refused, ~30 s when silent) per 5 minutes instead of one per logging
+  call, at the price of losing up to 5 minutes of metrics after a short outage. The final run
+  status is always tried once, so a run whose server came back is not left RUNNING.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# a remote server that does not answer should cost seconds, not MLflow's default minutes:
+# a refused connection fails after ~2.5 s (2 retries, 0 + 2 s backoff, jitter), a silent one ~30 s
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+# errors (anywhere in the exception chain) meaning the store is unavailable
+_UNAVAILABLE = re.compile(
+    "readonly database|read-only|unable to open database|max retries exceeded|connection refused|"
+    "failed to establish a new connection|timed out|name or service not known|name resolution",
+    re.IGNORECASE,
+)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes (``__cause__`` or else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _is_locked(error: Exception) -> bool:
+    return any("database is locked" in str(e).lower() for e in _chain(error))
+
+
+def _is_unavailable(error: Exception) -> bool:
+    return any(
+        isinstance(e, (ConnectionError, TimeoutError)) or _UNAVAILABLE.search(str(e)) for e in _chain(error)
+    )
+
+
+def _describe(error: Exception) -> str:
+    """``Type: first line`` of the innermost cause (MLflow's own message is often a wrapper)."""
+    root = _chain(error)[-1]
+    lines = [line for line in str(root).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _open_client(uri: str | None) -> Any:
+    """An MlflowClient. MLflow creates and migrates a new SQLite database file without any lock, so
+    two runs starting together on one file race; here one opens it at a time (a file lock)."""
+    import mlflow
+
+    if not (uri or "").startswith("sqlite:") or os.name == "nt":
+        return mlflow.MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    digest = hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()
+    with open(Path(tempfile.gettempdir()) / f"lgg-mlflow-init-{digest}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, also when this process dies
+        return mlflow.MlflowClient(tracking_uri=uri)
+
+
+class MLflowGuard:
+    """Guarded MLflow calls, the base of :class:`pipeline.tracking.training_run.MLflowTracking`.
+
+    The subclass sets the state used here: ``enabled``, ``tracking_uri``, ``retries``,
+    ``unavailable_pause``, ``failures``, ``first_error``, ``_paused_until``, ``_started`` and
+    ``_ok`` (see its constructor).
+    """
+
+    def _not_logged(self, what: str, count: int) -> None:
+        if count > 0 and self._started:
+            self.failures[what] = self.failures.get(what, 0) + count
+
+    def _call(self, what: str, fn: Callable, *args: Any, count: int = 1, **kwargs: Any) -> Any:
+        """Call the MLflow client; retry a locked database, otherwise warn and carry on.
+
+        On failure (``self._ok`` False) ``count`` values of ``what`` are counted as not logged and
+        None is returned. While paused only the "final run status" is attempted.
+        """
+        self._ok = False
+        if not self.enabled:
+            return None
+        if time.monotonic() < self._paused_until and what != "final run status":
+            self._not_logged(what, count)
+            return None
+        delay = 0.5
+        for attempt in range(1, self.retries + 1):
+            try:
+                result = fn(*args, **kwargs)
+                self._ok = True
+                return result
+            except Exception as error:  # MLflow raises many types; none may stop training
+                if _is_locked(error) and attempt < self.retries:
+                    time.sleep(delay)
+                    delay = min(2 * delay, 20.0)
+                    continue
+                self._not_logged(what, count)
+                pause = _is_unavailable(error)
+                if pause:
+                    self._paused_until = time.monotonic() + self.unavailable_pause
+                if self.first_error is None or pause:
+                    note = (
+                        f" MLflow is not contacted again for {self.unavailable_pause:.0f} s." if pause else ""
+                    )
+                    logger.warning(
+                        "MLflow logging failed at %s (%s); training goes on and checkpoints are still "
+                        "written. Not logged: %s.%s",
+                        self.tracking_uri,
+                        _describe(error),
+                        what,
+                        note,
+                    )
+                self.first_error = self.first_error or _describe(error)
+                return None
+        return None

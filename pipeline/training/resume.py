@@ -1,0 +1,164 @@
+"""Resume a killed training run exactly, and make every epoch reproducible from (seed, epoch).
+
+Resuming: ``--resume true`` continues the most recent run under ``<output_root>/runs`` (or the
+one named by ``--run_name``) from its newest ``checkpoint_epoch=N.pt``: network, optimizer,
+one-cycle scheduler position, epoch/iteration and best-model bookkeeping are restored, and the
+same MLflow run is continued (its id is in ``<run_dir>/mlflow_run.json``). A kill mid-epoch loses
+only that epoch's progress: it is redone identically.
+
+Reproducibility: ``EpochSeeding`` reseeds torch, numpy, random, the dataset's random transforms
+and a randomized ``collate_fn`` of the trainer's DataLoader (train.json's
+``transforms.BatchAugmentation``) at the start of every epoch from ``(seed, epoch, rank)``. The
+sampler's draws, the augmentations and dropout of epoch k therefore do not depend on what ran
+before, which is what makes a resumed run match an uninterrupted one. (DataLoader workers are therefore not
+persistent: each epoch's workers are seeded afresh.)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from pipeline.training.checkpoints import BestModel, EpochCheckpoints
+from pipeline.training.runs import readable_run_name
+
+logger = logging.getLogger(__name__)
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch of one rank (distinct for every (seed, epoch, rank) in practice)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 9_973 + int(rank) * 101) % (2**31 - 1)
+
+
+class EpochSeeding:
+    """Reseed everything random at the start of every epoch.
+
+    Args:
+        seed: the run's seed.
+        dataset: the training dataset; its ``transform`` (a Compose) is reseeded too.
+
+    The ``collate_fn`` of the engine's ``data_loader`` is reseeded too when it has a
+    ``set_random_state`` method (the augmentations of train.json run there).
+    """
+
+    def __init__(self, seed: int, dataset: Any = None) -> None:
+        self.seed = int(seed)
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.EPOCH_STARTED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.utils import set_determinism
+
+        value = epoch_seed(self.seed, engine.state.epoch, _rank())
+        set_determinism(seed=value)
+        transform = getattr(self.dataset, "transform", None)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=value)
+        collate = getattr(getattr(engine, "data_loader", None), "collate_fn", None)
+        if hasattr(collate, "set_random_state"):
+            collate.set_random_state(seed=value)
+
+
+def resolve_run_name(output_root: str, resume: bool | str, prefix: str = "unet", **settings: object) -> str:
+    """A new readable run name, or with ``resume`` the newest run that holds a checkpoint.
+
+    Raises:
+        FileNotFoundError: ``resume`` is set but no run under ``<output_root>/runs`` has one.
+    """
+    if not _truthy(resume):
+        return readable_run_name(prefix, **settings)
+    runs = [p.parent.parent for p in Path(output_root).glob("runs/*/models/checkpoint_epoch=*.pt")]
+    if not runs:
+        raise FileNotFoundError(
+            f"--resume: no run under {Path(output_root) / 'runs'} holds a checkpoint_epoch=N.pt; "
+            "start a new run without --resume"
+        )
+    return max(set(runs), key=lambda p: p.stat().st_mtime).name
+
+
+def _truthy(value: bool | str) -> bool:
+    if isinstance(value, str):  # the bundle CLI passes `--resume true` as a string
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class ResumeTraining:
+    """On trainer start, restore the newest epoch checkpoint of the run folder (when resuming).
+
+    Args:
+        checkpoints: the run's ``EpochCheckpoints`` handler (its folder and objects).
+        best_model: the ``BestModel`` handler, whose best-so-far is restored. Default None.
+        resume: restore only when true. Default False.
+    """
+
+    def __init__(
+        self, checkpoints: EpochCheckpoints, best_model: BestModel | None = None, resume: bool | str = False
+    ):
+        self.checkpoints = checkpoints
+        self.best_model = best_model
+        self.resume = _truthy(resume)
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.resume:
+            return
+        files = self.checkpoints.epoch_files()
+        if not files:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint_epoch=N.pt in {self.checkpoints.save_dir}; start without --resume"
+            )
+        path = files[-1]
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module = getattr(self.checkpoints.network, "module", self.checkpoints.network)
+        module.load_state_dict(state["network"])
+        self.checkpoints.optimizer.load_state_dict(state["optimizer"])
+        self.checkpoints.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        trainer = state["trainer"]
+        if trainer["epoch_length"] != engine.state.epoch_length:
+            raise ValueError(
+                f"{path} was written with {trainer['epoch_length']} iterations per epoch, this run has "
+                f"{engine.state.epoch_length}: resume with the same data, batch size and settings"
+            )
+        engine.state.epoch = trainer["epoch"]
+        engine.state.iteration = trainer["iteration"]
+        if self.best_model is not None and state.get("best_model"):
+            self.best_model.load_state_dict(state["best_model"])
+        self.resumed_from = path
+        logger.info("Resumed from %s: epoch %d, iteration %d", path, trainer["epoch"], trainer["iteration"])
+
+
+def validate_settings(epochs: Any, batch_size: Any, image_size: Any, depth: Any, learning_rate: Any) -> None:
+    """Refuse config values that cannot train, naming the key and the fix, before any work starts."""
+
+    def whole(name: str, value: Any, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"--{name} must be a whole number >= {minimum}, not {value!r}")
+        return value
+
+    whole("epochs", epochs, 1)
+    whole("batch_size", batch_size, 1)
+    size = whole("image_size", image_size, 1)
+    multiple = 2 ** (whole("network_def#depth", depth, 1) - 1)
+    if size % multiple:
+        raise ValueError(
+            f"--image_size must be divisible by {multiple} (2**(depth-1) for the U-Net's poolings), "
+            f"not {size}: try {max(multiple, size // multiple * multiple)}"
+        )
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be a positive number, not {learning_rate!r}")

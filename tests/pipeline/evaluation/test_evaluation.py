@@ -1,0 +1,100 @@
+"""evaluate_volumes and FlipTTAInferer against hand-made volumes and independent numpy maths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from pipeline.evaluation.report import VARIANTS, FlipTTAInferer, evaluate_volumes
+
+
+def _slices(prob: np.ndarray, truth: np.ndarray, prob_tta: np.ndarray | None = None) -> dict[int, dict]:
+    prob_tta = prob if prob_tta is None else prob_tta
+    return {
+        z + 1: {
+            "prob": prob[z],
+            "prob_tta": prob_tta[z],
+            "truth": truth[z],
+            "image_file": f"img_{z + 1}.tif",
+            "label_file": f"img_{z + 1}_mask.tif",
+        }
+        for z in range(prob.shape[0])
+    }
+
+
+def _numpy_dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return float("nan") if total == 0 else 2.0 * (a & b).sum() / total
+
+
+def test_per_volume_metrics_and_largest_component_match_numpy():
+    truth = np.zeros((4, 10, 10), bool)
+    truth[1:3, 2:6, 2:6] = True  # 32 voxels
+    prob = np.zeros((4, 10, 10), np.float32)
+    prob[1:3, 3:7, 2:6] = 0.9  # shifted by one row: overlap 2*3*4 = 24
+    prob[0, 8:10, 8:10] = 0.8  # a separate small false positive (4 voxels)
+    prob[2, 0, 0] = 0.4  # below threshold
+    slices = {"P1": _slices(prob, truth), "P2": _slices(np.zeros_like(prob), np.zeros_like(truth))}
+    summary, rows = evaluate_volumes(slices, threshold=0.5)
+
+    pred = prob > 0.5
+    labels, n = ndimage.label(pred)
+    sizes = ndimage.sum(pred, labels, range(1, n + 1))
+    lcc = labels == (1 + int(np.argmax(sizes)))
+    case = {c["patient"]: c for c in summary["cases"]}
+    p1 = case["P1"]["metrics"]
+    assert math.isclose(p1["threshold"]["dice"], 2 * 24 / (32 + 36), abs_tol=1e-6)
+    assert math.isclose(p1["threshold"]["dice"], _numpy_dice(pred, truth), abs_tol=1e-6)
+    assert math.isclose(p1["threshold+lcc"]["dice"], 2 * 24 / (32 + 32), abs_tol=1e-6)
+    assert math.isclose(p1["threshold+lcc"]["dice"], _numpy_dice(lcc, truth), abs_tol=1e-6)
+    assert math.isclose(p1["threshold"]["iou"], 24 / (32 + 36 - 24), abs_tol=1e-6)
+    assert p1["threshold"]["pred_voxels"] == 36 and p1["threshold"]["true_voxels"] == 32
+    assert p1["threshold+lcc"]["pred_voxels"] == 32
+    # both empty: undefined, counted separately, not in the mean
+    assert case["P2"]["metrics"]["threshold"]["dice"] is None
+    dice = summary["aggregates"]["threshold"]["dice"]
+    assert dice["n_undefined"] == 1 and dice["count"] == 1
+    assert math.isclose(dice["mean"], 2 * 24 / 68, abs_tol=1e-6)
+    # per-slice rows in slice order, Dice per slice from numpy
+    p1_rows = [r for r in rows if r["patient"] == "P1"]
+    assert [r["slice"] for r in p1_rows] == [1, 2, 3, 4]
+    for z, row in enumerate(p1_rows):
+        expected = _numpy_dice(pred[z], truth[z])
+        assert (row["threshold_dice"] == "") == math.isnan(expected)
+        if not math.isnan(expected):
+            assert math.isclose(float(row["threshold_dice"]), expected, abs_tol=1e-6)
+    assert case["P1"]["images"][0] == "img_1.tif"
+    assert set(summary["aggregates"]) == set(VARIANTS)
+
+
+def test_tta_variant_uses_the_tta_probabilities():
+    truth = np.zeros((2, 8, 8), bool)
+    truth[:, 2:4, 2:4] = True
+    plain = np.zeros((2, 8, 8), np.float32)  # misses everything
+    tta = truth.astype(np.float32) * 0.7  # exact
+    summary, _ = evaluate_volumes({"P": _slices(plain, truth, tta)}, threshold=0.5)
+    metrics = summary["cases"][0]["metrics"]
+    assert metrics["threshold"]["dice"] == 0.0
+    assert math.isclose(metrics["tta"]["dice"], 1.0)
+    assert math.isclose(metrics["tta+lcc"]["dice"], 1.0)
+
+
+def test_flip_tta_inferer_averages_the_flipped_pass():
+    class LeftBias(torch.nn.Module):  # output depends on the column: flips are visible
+        def forward(self, x):
+            columns = torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x[:, :1])
+            return x[:, 1:2] + columns
+
+    x = torch.rand(2, 3, 4, 6)
+    out = FlipTTAInferer(tta=True)(x, LeftBias())
+    plain = x[:, 1:2] + torch.arange(6.0)
+    flipped_back = x[:, 1:2] + torch.arange(6.0).flip(0)
+    assert torch.allclose(out[:, 0:1], plain)
+    assert torch.allclose(out[:, 1:2], (plain + flipped_back) / 2)
+    with pytest.raises(ValueError, match="1 output channel"):
+        FlipTTAInferer()(x, lambda t: torch.cat([t[:, :1], t[:, :1]], 1))

@@ -1,0 +1,312 @@
+"""Export and verify: the exported MONAI bundle, its parity and a clean consumer.
+
+The model is a seeded tiny U-Net whose head bias is set so that about a fifth of the pixels of the
+phantom slices are lesion: random weights, but masks that are neither empty nor full and that change
+when rows and columns are swapped, so an orientation or resizing mistake shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import tifffile
+import torch
+
+from networks import UNet
+from pipeline import cli
+from pipeline.export.build import export_bundle, source_from_checkpoint, standalone_inference_config
+from pipeline.export.verify import MODEL_FILES, sha256, verify_bundle
+from pipeline.inference.workflow import run_inference, tiff_preprocessing
+
+ROOT = Path(__file__).resolve().parents[3]
+IMAGE_SIZE = 64
+NETWORK = {
+    "_target_": "networks.UNet",
+    "channels_in": 3,
+    "n_classes": 1,
+    "depth": 3,
+    "n_filters": 2,
+    "dropout": 0.6,
+}
+
+
+def phantom_slices(folder: Path) -> torch.Tensor:
+    files = sorted(folder.glob("*/*.tif"), key=lambda p: p.stem)
+    files = [f for f in files if not f.stem.endswith("_mask")]
+    chain = tiff_preprocessing(IMAGE_SIZE)
+    return torch.stack([chain({"image": str(f)})["image"] for f in files])
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from pipeline.data.phantom import generate_dataset
+
+    folder = tmp_path_factory.mktemp("phantom") / "data"
+    generate_dataset(folder, n_patients=1, seed=3, workers=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, phantom) -> Path:
+    """A run folder as training leaves it: models/model.pt, config.json and an evaluation summary."""
+    run = tmp_path_factory.mktemp("runs") / "unet-test"
+    (run / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    network = UNet(**{k: v for k, v in NETWORK.items() if k != "_target_"}).eval()
+    with torch.no_grad():
+        logits = network(phantom_slices(phantom))
+        network.head.bias -= torch.quantile(logits.flatten()[::7], 0.8)
+    torch.save(network.state_dict(), run / "models" / "model.pt")
+    config = json.loads((ROOT / "bundle" / "configs" / "train.json").read_text())
+    config.update(network_def=NETWORK, image_size=IMAGE_SIZE, bundle_root=str(run.parent), epochs=2)
+    (run / "config.json").write_text(json.dumps(config))
+    summary = {"n_patients": 3, "aggregates": {"threshold": {"dice": {"mean": 0.61, "median": 0.7}}}}
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, run_dir) -> tuple[Path, Path, float]:
+    out = tmp_path_factory.mktemp("export") / "lgg_unet_bundle"
+    started = time.perf_counter()
+    bundle, archive = export_bundle(source_from_checkpoint(run_dir / "models" / "model.pt"), out)
+    return bundle, archive, time.perf_counter() - started
+
+
+def test_bundle_layout_zip_and_metadata(exported, run_dir):
+    import monai
+
+    bundle, archive, seconds = exported
+    expected = {
+        "configs/inference.json",
+        "configs/metadata.json",
+        "configs/logging.conf",
+        "configs/train.json",
+        "configs/evaluate.json",
+        *MODEL_FILES,
+        "docs/README.md",
+        "LICENSE",
+    }
+    assert expected <= {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    with zipfile.ZipFile(archive) as zf:
+        assert {f"{bundle.name}/{name}" for name in expected} <= set(zf.namelist())
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["monai_version"] == monai.__version__
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+    assert meta["numpy_version"] == np.__version__
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 3 and image["spatial_shape"] == ["4*n", "4*n"]  # depth 3: 2**2
+    assert image["channel_def"] == {"0": "pre-contrast", "1": "FLAIR", "2": "post-contrast"}
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    assert meta["eval_metrics"]["eval_threshold_dice_mean"] == 0.61
+    for name in MODEL_FILES:
+        assert meta["model_files"][name]["sha256"] == sha256(bundle / name)
+    # weights only, identical to the run's
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    original = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(state[k], original[k]) for k in original)
+    card = (bundle / "docs" / "README.md").read_text()
+    assert "eval_threshold_dice_mean | 0.61" in card and "${" not in card
+    assert "Apache License" in (bundle / "LICENSE").read_text()
+    assert seconds < 60
+
+
+def test_exported_inference_config_needs_no_project_code(exported):
+    bundle, _, _ = exported
+    text = (bundle / "configs" / "inference.json").read_text()
+    for prefix in ("pipeline.", "transforms.", "networks.", "import pipeline", "import transforms"):
+        assert prefix not in text
+    assert json.loads(text) == json.loads(json.dumps(standalone_inference_config(IMAGE_SIZE)))
+
+
+def test_verify_bundle_passes_and_names_what_is_wrong(exported, tmp_path):
+    bundle, _, _ = exported
+    assert verify_bundle(bundle) == []
+    assert cli.main(["verify-bundle", str(bundle)]) == 0
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    with open(tampered / "models" / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    problems = verify_bundle(tampered)
+    assert problems and all("model.onnx" in p for p in problems)
+    assert any("sha256 differs" in p for p in problems)  # and onnxruntime cannot parse it either
+    assert cli.main(["verify-bundle", str(tampered)]) == 1
+
+    meta_path = tampered / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    meta_path.write_text(json.dumps(meta))
+    assert any("metadata.json" in p and "num_channels" in p for p in verify_bundle(tampered))
+
+    (tampered / "models" / "model.ts").unlink()
+    assert verify_bundle(tampered) == [f"{tampered / 'models' / 'model.ts'}: missing"]
+
+
+def test_torchscript_and_onnx_match_pytorch_on_phantom_slices(exported, run_dir, phantom):
+    bundle, _, _ = exported
+    network = UNet(**{k: v for k, v in NETWORK.items() if k != "_target_"})
+    network.load_state_dict(torch.load(run_dir / "models" / "model.pt", weights_only=True))
+    network.eval()
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts")).eval()
+    session = onnxruntime.InferenceSession(
+        str(bundle / "models" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    slices = phantom_slices(phantom)
+    worst = {}
+    for batch in (1, 4):
+        x = slices[:batch]
+        with torch.no_grad():
+            reference = network(x)
+            script_out = scripted(x)
+        onnx_out = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        worst[batch] = (
+            float((script_out - reference).abs().max()),
+            float((onnx_out - reference).abs().max()),
+        )
+        torch.testing.assert_close(script_out, reference, rtol=0, atol=1e-4)
+        torch.testing.assert_close(onnx_out, reference, rtol=0, atol=1e-4)
+    print("max |diff| (TorchScript, ONNX) by batch size:", worst)
+
+
+CONSUMER = """
+import json, sys
+sys.path.append({site!r})
+for name in ("pipeline", "networks", "transforms"):
+    try:
+        __import__(name)
+    except ImportError:
+        continue
+    raise SystemExit(f"{{name}} is importable: the consumer is not isolated from the repository")
+from monai.bundle import ConfigWorkflow
+
+bundle = {bundle!r}
+workflow = ConfigWorkflow(
+    config_file=bundle + "/configs/inference.json",
+    meta_file=bundle + "/configs/metadata.json",
+    logging_file=bundle + "/configs/logging.conf",
+    workflow_type="infer",
+    bundle_root=bundle,
+    dataset_dir={data!r},
+    output_dir={out!r},
+)
+workflow.initialize()
+problems = workflow.check_properties()
+if problems:
+    raise SystemExit(f"check_properties: {{problems}}")
+workflow.run()
+workflow.finalize()
+repo = [
+    getattr(m, "__file__", None) for m in list(sys.modules.values())
+    if (getattr(m, "__file__", None) or "").startswith({repo!r}) and "/.venv/" not in m.__file__
+]
+print(json.dumps({{"repo_modules": repo}}))
+"""
+
+
+@pytest.mark.slow
+def test_clean_consumer_runs_the_bundle_with_monai_alone(exported, run_dir, phantom, tmp_path):
+    bundle, archive, _ = exported
+    # the team receives the zip, unpacks it somewhere else
+    shutil.unpack_archive(archive, tmp_path / "received")
+    received = tmp_path / "received" / bundle.name
+    theirs = tmp_path / "theirs"
+    code = CONSUMER.format(
+        site=sysconfig.get_paths()["purelib"],
+        bundle=str(received),
+        data=str(phantom),
+        out=str(theirs),
+        repo=str(ROOT) + "/",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # -I: no cwd, no PYTHONPATH, no user site; -S: no site-packages .pth files (the editable install)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"repo_modules": []}
+
+    network = UNet(**{k: v for k, v in NETWORK.items() if k != "_target_"})
+    network.load_state_dict(torch.load(run_dir / "models" / "model.pt", weights_only=True))
+    ours = tmp_path / "ours"
+    run_inference(phantom, network.eval(), ours, image_size=IMAGE_SIZE)
+    our_masks = sorted(ours.glob("*/*_mask.tif"))
+    assert our_masks
+    lesion = 0
+    for path in our_masks:
+        their = theirs / path.relative_to(ours)
+        assert their.is_file(), f"the bundle wrote no {their}"
+        expected, got = tifffile.imread(path), tifffile.imread(their)
+        assert got.shape == expected.shape == (256, 256)
+        np.testing.assert_array_equal(got, expected, err_msg=str(path.name))
+        lesion += int((expected > 0).sum())
+    total = len(our_masks) * 256 * 256
+    assert 0.02 * total < lesion < 0.5 * total  # masks neither empty nor full: the comparison means something
+
+
+def test_export_refuses_a_non_empty_folder_and_a_missing_checkpoint(exported, run_dir, tmp_path, caplog):
+    bundle, _, _ = exported
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_bundle(source_from_checkpoint(run_dir / "models" / "model.pt"), bundle)
+    code = cli.main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "b")])
+    assert code == 1 and "nope.pt" in caplog.text
+
+
+@pytest.mark.slow
+def test_register_puts_the_bundle_and_its_metrics_in_the_model_registry(run_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment(
+        "lgg-segmentation", artifact_location=(tmp_path / "art").as_uri()
+    )
+    run_id = client.create_run(experiment_id, run_name="unet-test").info.run_id
+    client.log_metric(run_id, "best_val_volume_dice", 0.73, step=2)
+    client.log_metric(run_id, "val_volume_dice", 0.71, step=2)
+    client.set_terminated(run_id)
+    run_copy = tmp_path / "run"
+    shutil.copytree(run_dir, run_copy)
+    (run_copy / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+
+    out = tmp_path / "bundle"
+    code = cli.main(
+        [
+            "export",
+            "--checkpoint",
+            str(run_copy / "models" / "model.pt"),
+            "--out",
+            str(out),
+            "--register",
+            "lgg-unet",
+        ]
+    )
+    assert code == 0
+    versions = client.search_model_versions("name='lgg-unet'")
+    assert len(versions) == 1
+    version = versions[0]
+    assert version.run_id == run_id
+    assert version.tags["best_val_volume_dice"] == "0.73"
+    assert version.tags["eval_threshold_dice_mean"] == "0.61"
+    assert "0.7300" in version.description
+    logged = {a.path for a in client.list_artifacts(run_id, "bundle/models")}
+    assert {"bundle/models/model.ts", "bundle/models/model.onnx", "bundle/models/model.pt"} <= logged
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["mlflow"]["run_id"] == run_id and meta["eval_metrics"]["best_val_volume_dice"] == 0.73
