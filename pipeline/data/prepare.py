@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import staging
+from pipeline import atomic
 from pipeline.data.checks import check_dataset
 from pipeline.data.discovery import DatasetError, discover, fingerprint
 from pipeline.data.splits import load_or_create_split
@@ -77,7 +77,7 @@ def ensure_dataset(
     """Generate the phantom dataset when ``dataset_dir`` is the default phantom folder and empty.
 
     A folder the user named is never filled: missing or empty, it is an error. The phantom is
-    generated beside the folder and renamed into place when complete (:mod:`pipeline.staging`),
+    generated beside the folder and renamed into place when complete (:mod:`pipeline.atomic`),
     so a run killed while generating leaves the folder empty; the next call removes the
     leftovers and generates again (or, killed while moving the files in, finishes the move).
 
@@ -93,12 +93,12 @@ def ensure_dataset(
                 "layout (one TCGA_* folder per patient), or leave it unset to train on the phantom data."
             )
         return False
-    if _has_slices(dataset) and not staging.leftovers(dataset):
+    if _has_slices(dataset) and not atomic.leftovers(dataset):
         return False
     from pipeline.data.phantom import generate_dataset
 
-    with staging.locked(dataset):  # another run generating the phantom: wait for it, then use it
-        staging.recover(dataset)
+    with atomic.locked(dataset):  # another run generating the phantom: wait for it, then use it
+        atomic.recover(dataset)
         if _has_slices(dataset):
             return False
         logger.info(

@@ -1,4 +1,4 @@
-"""Figures of a segmentation run, written as PNG files: prediction grid, per-patient Dice, learning curves.
+"""Figures of an evaluation, written as PNG files: prediction grid, per-patient Dice.
 
 Each plotting function draws on its own ``matplotlib.figure.Figure`` (never pyplot's global state, so it
 works headless and in threads), writes the PNG atomically (a temporary file in the same folder, then
@@ -9,16 +9,15 @@ saved at ``dpi`` is exactly ``figsize * dpi`` pixels (no tight bounding box).
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from skimage.segmentation import find_boundaries
+
+from pipeline.atomic import write_atomically
 
 FLAIR_CHANNEL = 1
 PANEL_INCHES = 2.5
@@ -26,23 +25,10 @@ GRID_COLUMNS = ("FLAIR", "True mask", "Predicted mask", "Overlay")
 TRUE_COLOUR = (0.0, 1.0, 0.0)
 PRED_COLOUR = (1.0, 0.0, 0.0)
 BOTH_COLOUR = (1.0, 1.0, 0.0)
-DEFAULT_METRICS = ("train_loss", "val_dice", "val_volume_dice")
-
-History = dict[str, dict[str, list[tuple[int, float]]]]
 
 
 def _save_atomically(fig: Figure, out_path: str | Path, dpi: int) -> Path:
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its file is private (0600) and os.replace would keep that mode
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_atomically(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def _binary_mask(mask: Any, name: str) -> np.ndarray:
@@ -187,78 +173,6 @@ def dice_bar_chart(
         ax.text(0.5, 0.5, "no patient with a defined Dice", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
     return _save_atomically(fig, out_path, dpi)
-
-
-def learning_curves(
-    histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
-    out_path: str | Path,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    dpi: int = 100,
-) -> Path:
-    """One subplot per metric, one line per run, value against step (epoch).
-
-    Args:
-        histories: run label -> metric name -> list of (step, value), e.g. from ``mlflow_histories``.
-            A metric a run did not log is skipped for that run; a metric no run logged gets an empty
-            subplot that says so.
-        out_path: PNG file to write (its folder is created).
-        metrics: metric names, one subplot each, in this order.
-            Default ("train_loss", "val_dice", "val_volume_dice").
-        dpi: resolution; the picture is ``4.5 * len(metrics) * dpi`` by ``3.5 * dpi`` pixels. Default 100.
-
-    Returns:
-        ``out_path`` as a Path.
-
-    Raises:
-        ValueError: no runs or no metrics.
-    """
-    if len(histories) == 0:
-        raise ValueError("histories is empty: give at least one run")
-    if len(metrics) == 0:
-        raise ValueError("metrics is empty: name at least one metric to plot")
-    fig = Figure(figsize=(4.5 * len(metrics), 3.5), layout="constrained")
-    for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics):
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for label, run in histories.items():
-            points = sorted(run.get(metric) or [])
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, marker="o", markersize=3, label=label)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-    return _save_atomically(fig, out_path, dpi)
-
-
-def mlflow_histories(
-    client: Any, run_ids: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS
-) -> History:
-    """Metric histories of MLflow runs, in the shape ``learning_curves`` takes.
-
-    Args:
-        client: an ``mlflow.MlflowClient`` (or anything with ``get_run`` and ``get_metric_history``).
-        run_ids: MLflow run ids.
-        metrics: metric keys to read. Default ("train_loss", "val_dice", "val_volume_dice").
-
-    Returns:
-        run label -> metric -> list of (step, value) sorted by step (then time). A run is labelled by
-        its run name, or its id when it has none; runs sharing a name get their id's first 8
-        characters appended. Metrics a run never logged are absent from its dict.
-    """
-    runs = [(run_id, client.get_run(run_id).info.run_name or run_id) for run_id in run_ids]
-    names = [name for _, name in runs]
-    result: History = {}
-    for run_id, name in runs:
-        label = f"{name} ({run_id[:8]})" if names.count(name) > 1 else name
-        result[label] = {}
-        for metric in metrics:
-            history = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
-            if history:
-                result[label][metric] = [(int(m.step), float(m.value)) for m in history]
-    return result
 
 
 def pick_lesion_slices(

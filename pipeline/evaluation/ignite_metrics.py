@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
-from pipeline.evaluation.metrics import VolumeDiceAccumulator
+from pipeline.evaluation.volume_dice import VolumeDiceAccumulator
 
 
 def _gather(obj: Any) -> list[Any]:

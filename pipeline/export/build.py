@@ -1,25 +1,7 @@
 """`python -m pipeline export`: a trained model as a MONAI bundle another team runs with MONAI alone.
 
-The bundle folder (and a .zip of it beside the folder) follows the MONAI bundle layout::
-
-    configs/inference.json   self-contained: MONAI transforms and the TorchScript model only
-    configs/metadata.json    versions, network_data_format, metrics, MLflow run, sha256 of the models
-    configs/logging.conf
-    configs/train.json       the run's merged training config, for reproduction (needs this repository)
-    configs/evaluate.json    the evaluation overlay, for reproduction (needs this repository)
-    models/model.pt          weights only (a state_dict)
-    models/model.ts          TorchScript, written by ``monai.bundle.ckpt_export``
-    models/model.onnx        ONNX, opset 17, dynamic batch axis
-    docs/README.md           model card
-    LICENSE
-
-Why the exported inference.json needs no code of ours: the network is the TorchScript file
-(``torch.jit.load``), and the preprocessing is spelled with MONAI transforms that compute what
-:func:`pipeline.inference.workflow.tiff_preprocessing` computes. PILReader is used with
-``reverse_indexing=False`` (MONAI's default swaps rows and columns; our TiffReader keeps
-tifffile's order) and PILWriter likewise. The probabilities go back to the slice's size through
-``Invertd`` of a bilinear resize recorded on a copy of the image (``geometry``), which is what
-:class:`pipeline.inference.workflow.MaskWriter` does (bilinear, align_corners False), then ``> threshold``.
+What the bundle holds and why its inference.json needs no code of ours: :mod:`pipeline.export.layout`.
+Where the model comes from (a weights file, an MLflow run): :mod:`pipeline.export.sources`.
 """
 
 from __future__ import annotations
@@ -27,224 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
 
 import torch
 
-from pipeline.export.verify import MODEL_FILES, sha256
+from pipeline.export.layout import BUNDLE, MODEL_FILES, sha256, standalone_inference_config
+from pipeline.export.sources import ModelSource, network_settings, source_from_checkpoint, source_from_run
+from pipeline.tracking.uris import default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = ROOT / "bundle"
 ONNX_OPSET = 17
-
-
-@dataclass
-class ModelSource:
-    """What is exported: a weights file and what is known about the run that trained it.
-
-    Attributes:
-        checkpoint: local weights file (``model.pt`` state_dict or a training checkpoint).
-        config: the run's merged training config (``config.json`` of the run folder or MLflow artifact).
-        metrics: metric name -> value (MLflow run metrics, evaluation summary).
-        mlflow: ``{"run_id", "tracking_uri", "experiment", "run_name"}`` or empty when unknown.
-    """
-
-    checkpoint: Path
-    config: dict
-    metrics: dict[str, float] = field(default_factory=dict)
-    mlflow: dict[str, str] = field(default_factory=dict)
-
-
-def default_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/outputs/mlflow.db``."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
-
-
-def _run_metrics(client: Any, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
-    run = client.get_run(run_id)
-    keep = ("best_val_volume_dice", "val_volume_dice", "val_dice", "val_bce", "train_loss")
-    metrics = {k: float(v) for k, v in run.data.metrics.items() if k in keep or k.startswith("eval_")}
-    info = {"run_id": run_id, "run_name": run.info.run_name or ""}
-    experiment = client.get_experiment(run.info.experiment_id)
-    info["experiment"] = experiment.name if experiment else ""
-    return metrics, info
-
-
-def _summary_metrics(run_dir: Path) -> dict[str, float]:
-    """Aggregates of ``<run_dir>/evaluation/summary.json`` (written by evaluate.json), if present."""
-    path = run_dir / "evaluation" / "summary.json"
-    if not path.is_file():
-        return {}
-    summary = json.loads(path.read_text())
-    out = {"eval_patients": float(summary.get("n_patients", 0))}
-    for variant, stats in summary.get("aggregates", {}).items():
-        for stat in ("mean", "median"):
-            value = stats.get("dice", {}).get(stat)
-            if value is not None:
-                out[f"eval_{variant.replace('+', '_')}_dice_{stat}"] = float(value)
-    return out
-
-
-def source_from_run(run_id: str, tracking_uri: str, workdir: Path) -> ModelSource:
-    """Download ``models/model.pt`` and ``config.json`` of an MLflow run (local store or server)."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    metrics, info = _run_metrics(client, run_id)
-    files = {}
-    for artifact in ("models/model.pt", "config.json"):
-        try:
-            files[artifact] = Path(client.download_artifacts(run_id, artifact, str(workdir)))
-        except Exception as error:
-            raise FileNotFoundError(
-                f"MLflow run {run_id} at {tracking_uri} has no artifact {artifact} ({error}); "
-                "runs log it when training completes. Export a local file with --checkpoint instead."
-            ) from error
-    return ModelSource(
-        checkpoint=files["models/model.pt"],
-        config=json.loads(files["config.json"].read_text()),
-        metrics=metrics,
-        mlflow=dict(info, tracking_uri=tracking_uri),
-    )
-
-
-def source_from_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None) -> ModelSource:
-    """A local weights file; its run folder (``<run>/models/<file>``) gives config, run id and metrics."""
-    path = Path(checkpoint).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --checkpoint <run>/models/model.pt")
-    run_dir = path.parent.parent
-    config_file = run_dir / "config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text())
-    else:
-        logger.warning("%s not found: taking the network settings of bundle/configs/train.json", config_file)
-        config = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    source = ModelSource(checkpoint=path, config=config, metrics=_summary_metrics(run_dir))
-    run_file = run_dir / "mlflow_run.json"
-    if run_file.is_file():
-        record = json.loads(run_file.read_text())
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri")
-        try:
-            import mlflow
-
-            metrics, info = _run_metrics(mlflow.MlflowClient(tracking_uri=uri), record["run_id"])
-            source.metrics = {**metrics, **source.metrics}
-            source.mlflow = dict(info, tracking_uri=uri)
-        except Exception as error:  # the bundle is still useful without MLflow
-            logger.warning("MLflow run %s not readable at %s (%s)", record.get("run_id"), uri, error)
-            source.mlflow = {"run_id": record.get("run_id", ""), "tracking_uri": uri or ""}
-    return source
-
-
-def network_settings(config: dict) -> dict:
-    """The ``network_def`` of a merged training config with references resolved."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser(config)
-    return {key: parser.get_parsed_content(f"network_def#{key}") for key in config["network_def"]}
-
-
-def standalone_inference_config(image_size: int, threshold: float = 0.5) -> dict:
-    """inference.json of the exported bundle: MONAI + torch only, TIFF slices in, TIFF masks out."""
-    return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
-        "bundle_root": ".",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": "$@bundle_root + '/eval'",
-        "image_size": image_size,
-        "threshold": threshold,
-        "batch_size": 8,
-        "num_workers": 0,
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "network_def": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location='cpu')",
-        "network": "$@network_def.to(@device)",
-        "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@dataset_dir, '**', '*.tif'), "
-        "recursive=True)) if not f.endswith('_mask.tif')]",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {
-                    "_target_": "LoadImaged",
-                    "keys": "image",
-                    "reader": "PILReader",
-                    "reverse_indexing": False,
-                    "image_only": True,
-                },
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {"_target_": "CopyItemsd", "keys": "image", "names": "geometry"},
-                {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
-                {
-                    "_target_": "Resized",
-                    "keys": ["image", "geometry"],
-                    "spatial_size": ["@image_size", "@image_size"],
-                    "mode": ["area", "bilinear"],
-                },
-                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32", "track_meta": False},
-            ],
-        },
-        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
-        "dataloader": {
-            "_target_": "DataLoader",
-            "dataset": "@dataset",
-            "batch_size": "@batch_size",
-            "shuffle": False,
-            "num_workers": "@num_workers",
-        },
-        "inferer": {"_target_": "SimpleInferer"},
-        "saver": {
-            "_target_": "SaveImaged",
-            "keys": "pred",
-            "output_dir": "@output_dir",
-            "output_postfix": "mask",
-            "output_ext": ".tif",
-            "output_dtype": "$numpy.uint8",
-            "scale": 255,
-            "resample": False,
-            "data_root_dir": "@dataset_dir",
-            "separate_folder": False,
-            "writer": "PILWriter",
-            "print_log": False,
-        },
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-                {
-                    "_target_": "Invertd",
-                    "keys": "pred",
-                    "transform": "@preprocessing",
-                    "orig_keys": "geometry",
-                    "nearest_interp": False,
-                },
-                {"_target_": "Lambdad", "keys": "pred", "func": "$lambda p: (p > @threshold).float()"},
-                "$@saver.set_options(write_kwargs={'reverse_indexing': False})",
-            ],
-        },
-        "handlers": [],
-        "evaluator": {
-            "_target_": "SupervisedEvaluator",
-            "device": "@device",
-            "val_data_loader": "@dataloader",
-            "network": "@network",
-            "inferer": "@inferer",
-            "postprocessing": "@postprocessing",
-            "val_handlers": "@handlers",
-        },
-        "initialize": [],
-        "run": ["$@evaluator.run()"],
-        "finalize": [],
-    }
 
 
 def build_metadata(source: ModelSource, settings: dict, image_size: int) -> dict:

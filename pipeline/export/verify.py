@@ -16,7 +16,7 @@ MONAI runs as Python) must be those ``python -m pipeline export`` writes, so tha
 received bundle cannot run code placed in its configs.
 
 ``DIR`` may also be a bundle .zip: it is unpacked safely into a temporary folder with
-:func:`pipeline.export.safe_import.import_bundle`, which verifies it.
+:func:`pipeline.export.unzip.extract`, then verified.
 
 Exit code 0 when everything holds, 1 otherwise; each failure names its file.
 """
@@ -24,33 +24,15 @@ Exit code 0 when everything holds, 1 otherwise; each failure names its file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
 
+from pipeline.export.layout import MODEL_FILES, REQUIRED_FILES, SCHEMA, sha256, standalone_inference_config
+
 logger = logging.getLogger(__name__)
 
-SCHEMA = Path(__file__).resolve().parents[2] / "bundle" / "schema" / "meta_schema.json"
-MODEL_FILES = ("models/model.pt", "models/model.ts", "models/model.onnx")
-REQUIRED_FILES = (
-    "configs/inference.json",
-    "configs/metadata.json",
-    "configs/logging.conf",
-    *MODEL_FILES,
-    "docs/README.md",
-    "LICENSE",
-)
 ONNX_TOLERANCE = 1e-4
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(error: Exception) -> str:
@@ -158,8 +140,6 @@ def _strings(value: object, key: str = ""):
 
 def check_expressions(bundle: Path) -> list[str]:
     """inference.json runs only the code ``export`` writes; metadata.json holds no expressions."""
-    from pipeline.export.build import standalone_inference_config
-
     exported = dict(_strings(standalone_inference_config(256)))
     code = {v for k, v in exported.items() if v.startswith(("$", "%")) or k.endswith("_target_")}
     problems = []
@@ -214,11 +194,11 @@ def main(args: argparse.Namespace) -> int:
     if path.suffix.lower() == ".zip" and path.is_file():
         import tempfile
 
-        from pipeline.export.safe_import import import_bundle
+        from pipeline.export.unzip import extract
 
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                import_bundle(path, Path(tmp) / "bundle")
+                extract(path, Path(tmp) / "bundle", check=verify_bundle)
             except (ValueError, OSError) as error:
                 logger.error("%s", error)
                 return 1

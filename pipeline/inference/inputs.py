@@ -16,13 +16,10 @@ Volumes, decisions:
 - Slices are the last voxel axis (k). Slice k is shown to the network as rows = the second voxel
   axis (j), columns = the first (i): for DICOM this is the stored pixel matrix (rows x columns)
   from which the kaggle_3m TIFFs were exported, and ITK and nibabel give the same slice of a file.
-- Orientation (NIfTI affine, ITK direction; :mod:`pipeline.inference.orientation`): no reorientation is
-  done. A volume whose slices are not axial (its third voxel axis closer to left-right or
-  anterior-posterior than to superior-inferior) is a ValueError naming the file, its axis codes
-  and a one-line reslice. Oblique axial (e.g. tilted 20 degrees) and either slice order (S->I,
-  I->S) are accepted. An axial volume upside down (rows posterior->anterior) or with rows and
-  columns swapped relative to the training slices (columns left/right, rows anterior->posterior)
-  is segmented with a warning: training flipped slices left-right, never upside down.
+- Orientation (:mod:`pipeline.inference.orientation`): no reorientation is done. Slices that are
+  not axial are a ValueError naming the file, its axis codes and a one-line reslice; oblique
+  axial and either slice order are accepted; an axial volume upside down or with rows and columns
+  swapped is segmented with a warning (training flipped slices left-right, never upside down).
 - Bad volumes (unreadable, wrong channel count, not axial) are found by :func:`find_inputs`,
   before any mask is written: one bad volume in a folder stops the run with no output written.
 - Channels: a 3-channel volume (4-D NIfTI with the channel last, or a vector pixel type in ITK)

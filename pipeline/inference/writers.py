@@ -25,7 +25,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +35,12 @@ import tifffile
 import torch
 from ignite.engine import Engine, Events
 
+from pipeline.atomic import write_atomically
 from pipeline.inference.inputs import InferenceInput
 
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "lesion_volumes.csv"
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path`` (same suffix), then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_nifti(path: Path, mask_ijk: np.ndarray, affine: np.ndarray, header: Any = None) -> None:
@@ -59,7 +49,7 @@ def _write_nifti(path: Path, mask_ijk: np.ndarray, affine: np.ndarray, header: A
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
     image = nib.Nifti1Image(mask_ijk.astype(np.uint8), affine, header)
-    _atomic(path, lambda tmp: nib.save(image, tmp))
+    write_atomically(path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
 
 
 def _write_itk(path: Path, mask_kji: np.ndarray, geometry: dict) -> None:
@@ -69,7 +59,7 @@ def _write_itk(path: Path, mask_kji: np.ndarray, geometry: dict) -> None:
     image.SetOrigin(geometry["origin"])
     image.SetSpacing(geometry["spacing"])
     image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(geometry["direction"])))
-    _atomic(path, lambda tmp: itk.imwrite(image, str(tmp), compression=True))
+    write_atomically(path, lambda tmp: itk.imwrite(image, str(tmp), compression=True), keep_suffix=True)
 
 
 class MaskWriter:
@@ -145,7 +135,9 @@ class MaskWriter:
         if inp.kind == "tiff":
             for path, mask in zip(inp.slices, masks):
                 target = self.output_dir / inp.name / f"{path.stem}_mask.tif"
-                _atomic(target, lambda tmp, m=mask: tifffile.imwrite(tmp, m * np.uint8(255)))
+                write_atomically(
+                    target, lambda tmp, m=mask: tifffile.imwrite(tmp, m * np.uint8(255)), keep_suffix=True
+                )
             _write_nifti(out, masks.transpose(1, 2, 0), np.eye(4))
         elif inp.kind == "nifti":
             _write_nifti(out, masks.transpose(2, 1, 0), inp.geometry["affine"], inp.geometry["header"])
@@ -177,7 +169,7 @@ class MaskWriter:
         writer.writeheader()
         writer.writerows(self.rows[name] for name in sorted(self.rows))
         path = self.output_dir / CSV_NAME
-        _atomic(path, lambda tmp: tmp.write_text(buffer.getvalue()))
+        write_atomically(path, lambda tmp: tmp.write_text(buffer.getvalue()), keep_suffix=True)
         slices = sum(inp.n_slices for inp in self.inputs)
         seconds = time.perf_counter() - self.started
         logger.info(

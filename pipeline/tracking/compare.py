@@ -6,7 +6,7 @@ between the runs (those shared by all are left out), best and final value of the
 (per-volume Dice by default), best and final per-volume Dice, final slice Dice, epochs and wall
 time. Rows are sorted by the best value of the chosen metric, best first (lowest first for a loss);
 runs that never logged it come last. The learning curves of all runs are overlaid in one PNG
-(:func:`pipeline.evaluation.figures.learning_curves`).
+(:func:`pipeline.tracking.curves.learning_curves`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.export.build import default_tracking_uri
+from pipeline.tracking.uris import default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -173,16 +173,16 @@ def compare_runs(
     """Summaries of the runs sorted best first, and the PNG of their learning curves (when ``out_png``)."""
     import mlflow
 
-    from pipeline.evaluation import figures
+    from pipeline.tracking import curves
 
     client = mlflow.MlflowClient(tracking_uri=default_tracking_uri(tracking_uri))
     runs = find_runs(client, experiment, run_ids, max_runs)
     summaries = sort_runs([summarize_run(client, run, metric) for run in runs], metric)
     png = None
     if out_png is not None:
-        curves = list(CURVES) + ([metric] if metric not in CURVES else [])
-        histories = figures.mlflow_histories(client, [s.run_id for s in summaries], curves)
-        png = figures.learning_curves(histories, out_png, curves)
+        plotted = list(CURVES) + ([metric] if metric not in CURVES else [])
+        histories = curves.mlflow_histories(client, [s.run_id for s in summaries], plotted)
+        png = curves.learning_curves(histories, out_png, plotted)
     return summaries, png
 
 

@@ -101,9 +101,9 @@ class EvaluationTracking:
         logger.info("Evaluation logged to MLflow run %s at %s", self.run_id, self.tracking_uri)
 
     def _learning_curves(self, client: Any, out_dir: Path) -> Path:
-        from pipeline.evaluation import figures
+        from pipeline.tracking import curves
 
-        histories = figures.mlflow_histories(
+        histories = curves.mlflow_histories(
             client, [self.run_id], ("train_loss", "val_dice", "val_volume_dice")
         )
-        return figures.learning_curves(histories, out_dir / "learning_curves.png")
+        return curves.learning_curves(histories, out_dir / "learning_curves.png")

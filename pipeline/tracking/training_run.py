@@ -14,11 +14,9 @@ How (retries, a lock around database creation, a circuit breaker): :mod:`pipelin
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,48 +27,9 @@ from ignite.engine import Engine, Events
 
 from pipeline.atomic import write_json
 from pipeline.tracking.guard import MLflowGuard, _open_client
+from pipeline.tracking.provenance import active_bundle_config, flatten, git_commit
 
 logger = logging.getLogger(__name__)
-
-
-def sqlite_uri(path: str | Path) -> str:
-    """``sqlite:///`` URI of a database file (its folder is created)."""
-    db = Path(path).expanduser().resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
-
-
-def git_commit(path: str | Path = ".") -> str | None:
-    """The git commit of ``path`` (with ``-dirty`` when it has uncommitted changes), or None."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}-dirty" if dirty else commit
-
-
-def _active_bundle_config() -> dict | None:
-    """The merged config (all files and overrides) of the MONAI ConfigParser building this object.
-
-    MONAI gives a config component no handle on its parser; the parser that instantiates us is on
-    the call stack, so we read its raw (unresolved) config there.
-    """
-    from monai.bundle import ConfigParser
-
-    for frame_info in inspect.stack(context=0):
-        candidate = frame_info.frame.f_locals.get("self")
-        if isinstance(candidate, ConfigParser):
-            return candidate.get()
-    return None
 
 
 def shared_handler(handler: Any) -> Any:
@@ -137,7 +96,7 @@ class MLflowTracking(MLflowGuard):
         self._ok = True  # the last _call succeeded
         self._buffer: list[Any] = []
         self._client = None
-        self._config = _active_bundle_config() if enabled else None
+        self._config = active_bundle_config() if enabled else None
 
     # -- plumbing -------------------------------------------------------------------------------
     def _metrics(self, values: Mapping[str, Any], step: int) -> list[Any]:
@@ -219,7 +178,7 @@ class MLflowTracking(MLflowGuard):
         commit = git_commit(Path(__file__).resolve().parent)
         if commit:
             tags["git_commit"] = commit
-        params = {k: str(v)[:6000] for k, v in _flatten(self.params).items()}
+        params = {k: str(v)[:6000] for k, v in flatten(self.params).items()}
         self._client = self._call("run", _open_client, self.tracking_uri)
         experiment_id = self._experiment_id() if self._ok else None
         run_id = self._previous_run_id() if experiment_id is not None else None
@@ -325,14 +284,3 @@ class MLflowTracking(MLflowGuard):
                 ", ".join(f"{v} {k}" for k, v in self.failures.items()),
                 self.run_dir or "the run folder",
             )
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat

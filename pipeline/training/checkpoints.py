@@ -1,56 +1,123 @@
-"""Checkpoint handlers: every epoch (last few kept), the best model, and a final resumable one.
+"""Checkpoints on MONAI's CheckpointSaver, with what MONAI lacks added: atomic writes and a resumable best.
 
-All files are written atomically (temporary file in the same folder, fsync, then rename), so a
-kill at any moment leaves either the previous file or the new one, never a truncated one.
+train.json wires two savers, as model-zoo bundles do:
 
-- ``EpochCheckpoints`` (trainer): ``checkpoint_epoch=<N>.pt`` every ``interval`` epochs, keeping
-  the last ``keep_last``, and ``final.pt`` when training completes. Each holds everything a
-  resume needs: network, optimizer, scheduler, trainer state (epoch/iteration), and the best
-  metric so far.
-- ``BestModel`` (evaluator): ``model.pt``, a plain ``state_dict`` of the network (what MONAI's
-  CheckpointLoader, ckpt_export and MONAI Label expect), written when the key metric improves.
+- ``epoch_checkpoints`` (trainer): MONAI's ``CheckpointSaver`` with ``save_interval`` 1 and
+  ``n_saved`` (``checkpoint_epoch=<N>.pt``, the last few kept) and ``final.pt`` at completion.
+  Each holds everything a resume needs: ``network``, ``optimizer``, ``lr_scheduler``, ``trainer``
+  (ignite's epoch, iteration, epoch length) and ``best_model`` (the best saver's bookkeeping).
+  The trainer is added to what is saved when the saver is attached to it, since the config cannot
+  reference the trainer from inside the trainer's own handler list.
+- ``best_model`` (evaluator): a :class:`BestModelSaver`, MONAI's key-metric saver writing
+  ``model.pt``, a plain ``state_dict`` of the network (what MONAI's CheckpointLoader,
+  ``ckpt_export`` and MONAI Label expect), when ``val_volume_dice`` improves.
+
+What is added to MONAI, and why:
+
+- Every file is written atomically (:class:`AtomicSaver`: temporary file, fsync, rename). MONAI's
+  saver writes in place (``atomic=False``), so a kill during a write leaves a truncated file.
+- :class:`BestModelSaver` saves and restores the evaluator's ``best_metric``/``best_metric_epoch``
+  and its own list of saved scores through ``state_dict``. MONAI's ``key_metric_save_state``
+  would put that state into ``model.pt`` itself, which would then no longer be a plain state_dict;
+  without it a resumed run restarts its best at -1 (and overwrites model.pt with a worse epoch).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointSaver
+
+from pipeline.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 
 
-class BestModel:
-    """Save the network's ``state_dict`` when the evaluator's key metric improves.
+class AtomicSaver(BaseSaveHandler):
+    """ignite save handler: ``torch.save`` into ``dirname`` through a temporary file and a rename.
 
     Args:
-        save_dir: folder of the file.
-        network: the network whose weights are saved.
-        metric_name: metric of ``engine.state.metrics`` to maximise. Default "val_volume_dice".
+        dirname: folder of the files (created when missing).
+        filename: a fixed file name that replaces ignite's (``model.pt``, ``final.pt``). Default None.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        self.dirname = Path(dirname)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() == 0:  # as ignite's DiskSaver: one rank writes
+            path = self.dirname / (self.filename or filename)
+            write_atomically(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() == 0:
+            (self.dirname / (self.filename or filename)).unlink(missing_ok=True)
+
+
+class RunCheckpoints(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing atomically; on a trainer it also saves the trainer's state.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        save_dict: name -> object with ``state_dict`` (network, optimizer, lr_scheduler, ...).
+        **kwargs: the other arguments of ``monai.handlers.CheckpointSaver`` (``save_interval``,
+            ``n_saved``, ``save_final``, ``final_filename``, ``save_key_metric``, ...).
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, save_dict=dict(save_dict), **kwargs)
+        # the Checkpoint objects MONAI built keep its non-atomic saver: give them ours
+        filenames = {
+            "_final_checkpoint": kwargs.get("final_filename"),
+            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
+            "_interval_checkpoint": None,
+        }
+        for attribute, filename in filenames.items():
+            checkpoint = getattr(self, attribute)
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicSaver(save_dir, filename)
+        self.save_dir_path = Path(save_dir)
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines import Trainer
+
+        if isinstance(engine, Trainer):
+            # the same dict object the Checkpoints hold: the trainer's epoch and iteration are saved too
+            self.save_dict.setdefault("trainer", engine)
+        super().attach(engine)
+
+    def epoch_files(self) -> list[Path]:
+        """Epoch checkpoints in the folder, oldest first."""
+        found = [
+            (int(m.group(1)), p)
+            for p in self.save_dir_path.glob("checkpoint_epoch=*.pt")
+            if (m := EPOCH_FILE.match(p.name))
+        ]
+        return [p for _, p in sorted(found)]
+
+
+class BestModelSaver(RunCheckpoints):
+    """The evaluator's key-metric saver: ``model.pt`` (a plain state_dict) when the metric improves.
+
+    Args:
+        save_dir: folder of ``model.pt``.
+        network: the network (a DDP wrapper is unwrapped by ignite).
+        metric_name: the evaluator's metric to maximise. Default "val_volume_dice".
         filename: default "model.pt".
-        enabled: False makes it a no-op (ranks other than 0). Default True.
+
+    ``state_dict()`` holds the evaluator's best value and epoch and the saver's own record, so that
+    the trainer's epoch checkpoints carry them and a resumed run keeps its best.
     """
 
     def __init__(
@@ -59,126 +126,46 @@ class BestModel:
         network: torch.nn.Module,
         metric_name: str = "val_volume_dice",
         filename: str = "model.pt",
-        enabled: bool = True,
     ) -> None:
-        self.path = Path(save_dir) / filename
-        self.network = network
+        super().__init__(
+            save_dir=save_dir,
+            save_dict={"model": network},
+            save_key_metric=True,
+            key_metric_name=metric_name,
+            key_metric_filename=filename,
+        )
         self.metric_name = metric_name
-        self.enabled = enabled
-        self.best = -math.inf
-        self.best_epoch = -1
+        self.path = Path(save_dir) / filename
+        self._engine: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        if self._engine is engine:
+            return
+        self._engine = engine
+        super().attach(engine)
 
-    def __call__(self, engine: Engine) -> None:
-        value = engine.state.metrics.get(self.metric_name)
-        if value is None:
-            raise KeyError(
-                f"BestModel: metric {self.metric_name!r} is not among the evaluator's metrics "
-                f"{sorted(engine.state.metrics)}; set metric_name to one of them"
-            )
-        if float(value) > self.best:
-            self.best, self.best_epoch = float(value), int(engine.state.epoch)
-            if self.enabled:
-                module = getattr(self.network, "module", self.network)  # unwrap DDP
-                atomic_save(module.state_dict(), self.path)
-                logger.info(
-                    "New best %s %.4f at epoch %d: saved %s",
-                    self.metric_name,
-                    value,
-                    self.best_epoch,
-                    self.path,
-                )
+    @property
+    def best(self) -> float:
+        """The best value so far (-1 before the first validation, MONAI's convention)."""
+        return float(getattr(self._engine.state, "best_metric", -1)) if self._engine else -1.0
+
+    @property
+    def best_epoch(self) -> int:
+        return int(getattr(self._engine.state, "best_metric_epoch", -1)) if self._engine else -1
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
-
-
-class EpochCheckpoints:
-    """Resumable checkpoints of the trainer every ``interval`` epochs, plus ``final.pt``.
-
-    Args:
-        save_dir: folder of the checkpoints.
-        network: the network.
-        optimizer: the optimizer.
-        lr_scheduler: the learning-rate scheduler (stepped per iteration).
-        best_model: the ``BestModel`` handler, whose bookkeeping is saved too. Default None.
-        keep_last: epoch checkpoints kept (older ones deleted). Default 3.
-        interval: epochs between checkpoints. Default 1.
-        enabled: False makes it a no-op (ranks other than 0). Default True.
-    """
-
-    pattern = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
-
-    def __init__(
-        self,
-        save_dir: str,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        lr_scheduler: Any,
-        best_model: BestModel | None = None,
-        keep_last: int = 3,
-        interval: int = 1,
-        enabled: bool = True,
-    ) -> None:
-        if keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, not {keep_last}")
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1, not {interval}")
-        self.save_dir = Path(save_dir)
-        self.network = network
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        self.best_model = best_model
-        self.keep_last = keep_last
-        self.interval = interval
-        self.enabled = enabled
-
-    def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
-            engine.add_event_handler(Events.COMPLETED, self.completed)
-
-    def checkpoint(self, engine: Engine) -> dict:
-        """Everything a resume needs, as plain tensors and numbers (loadable with weights_only)."""
-        module = getattr(self.network, "module", self.network)
         return {
-            "network": module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "trainer": {
-                "epoch": int(engine.state.epoch),
-                "iteration": int(engine.state.iteration),
-                "max_epochs": int(engine.state.max_epochs),
-                "epoch_length": int(engine.state.epoch_length),
-            },
-            "best_model": self.best_model.state_dict() if self.best_model else None,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "saved": [list(item) for item in self._key_metric_checkpoint.state_dict()["_saved"]],
         }
 
-    def epoch_completed(self, engine: Engine) -> None:
-        if not self.enabled or engine.state.epoch % self.interval:
-            return
-        atomic_save(self.checkpoint(engine), self.save_dir / f"checkpoint_epoch={engine.state.epoch}.pt")
-        for old in self.epoch_files()[: -self.keep_last]:
-            old.unlink(missing_ok=True)
-
-    def completed(self, engine: Engine) -> None:
-        if self.enabled:
-            atomic_save(self.checkpoint(engine), self.save_dir / "final.pt")
-
-    def epoch_files(self) -> list[Path]:
-        """Epoch checkpoints in the folder, oldest first."""
-        found = [
-            (int(m.group(1)), p)
-            for p in self.save_dir.glob("checkpoint_epoch=*.pt")
-            if (m := self.pattern.match(p.name))
-        ]
-        return [p for _, p in sorted(found)]
+    def load_state_dict(self, state: Mapping) -> None:
+        if self._engine is not None:
+            self._engine.state.best_metric = float(state["best"])
+            self._engine.state.best_metric_epoch = int(state["best_epoch"])
+        saved = [tuple(item) for item in state.get("saved", [])]
+        self._key_metric_checkpoint.load_state_dict({"_saved": saved})
 
 
 def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:

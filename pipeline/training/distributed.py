@@ -123,10 +123,18 @@ def init_distributed(
 
 
 def cleanup() -> None:
-    """Wait for every rank, then leave the process group (a no-op outside torch.distributed)."""
+    """Wait for every rank, then leave the process group (a no-op outside torch.distributed).
+
+    ignite's own view of the process group (used by the checkpoint savers) is reset too, so that a
+    later run in the same process is a serial one again.
+    """
+    import ignite.distributed as idist
+
     if is_distributed():
         dist.barrier()
-        dist.destroy_process_group()
+        idist.finalize()  # destroys the group when ignite has taken it up, and forgets it
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def wrap_ddp(network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:

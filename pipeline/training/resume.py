@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader, ValidationHandler
 
-from pipeline.training.checkpoints import BestModel, EpochCheckpoints
+from pipeline.training.checkpoints import RunCheckpoints
 from pipeline.training.runs import readable_run_name
 
 logger = logging.getLogger(__name__)
@@ -95,19 +96,20 @@ def _truthy(value: bool | str) -> bool:
 
 
 class ResumeTraining:
-    """On trainer start, restore the newest epoch checkpoint of the run folder (when resuming).
+    """On trainer start, restore the newest epoch checkpoint of the run (when resuming).
+
+    A thin handler on MONAI's ``CheckpointLoader`` (weights-only loading of everything the
+    checkpoint saver saves: network, optimizer, scheduler, trainer, best-model bookkeeping); what
+    it adds is choosing the file when training starts and refusing a checkpoint written with
+    another number of iterations per epoch.
 
     Args:
-        checkpoints: the run's ``EpochCheckpoints`` handler (its folder and objects).
-        best_model: the ``BestModel`` handler, whose best-so-far is restored. Default None.
+        checkpoints: the run's epoch checkpoint saver (:class:`pipeline.training.checkpoints.RunCheckpoints`).
         resume: restore only when true. Default False.
     """
 
-    def __init__(
-        self, checkpoints: EpochCheckpoints, best_model: BestModel | None = None, resume: bool | str = False
-    ):
+    def __init__(self, checkpoints: RunCheckpoints, resume: bool | str = False):
         self.checkpoints = checkpoints
-        self.best_model = best_model
         self.resume = _truthy(resume)
         self.resumed_from: Path | None = None
 
@@ -123,24 +125,44 @@ class ResumeTraining:
             raise FileNotFoundError(
                 f"--resume: no checkpoint_epoch=N.pt in {self.checkpoints.save_dir}; start without --resume"
             )
-        path = files[-1]
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        module = getattr(self.checkpoints.network, "module", self.checkpoints.network)
-        module.load_state_dict(state["network"])
-        self.checkpoints.optimizer.load_state_dict(state["optimizer"])
-        self.checkpoints.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        trainer = state["trainer"]
-        if trainer["epoch_length"] != engine.state.epoch_length:
+        path, epoch_length = files[-1], engine.state.epoch_length
+        CheckpointLoader(load_path=str(path), load_dict=dict(self.checkpoints.save_dict), map_location="cpu")(
+            engine
+        )
+        if engine.state.epoch_length != epoch_length:
             raise ValueError(
-                f"{path} was written with {trainer['epoch_length']} iterations per epoch, this run has "
-                f"{engine.state.epoch_length}: resume with the same data, batch size and settings"
+                f"{path} was written with {engine.state.epoch_length} iterations per epoch, this run has "
+                f"{epoch_length}: resume with the same data, batch size and settings"
             )
-        engine.state.epoch = trainer["epoch"]
-        engine.state.iteration = trainer["iteration"]
-        if self.best_model is not None and state.get("best_model"):
-            self.best_model.load_state_dict(state["best_model"])
         self.resumed_from = path
-        logger.info("Resumed from %s: epoch %d, iteration %d", path, trainer["epoch"], trainer["iteration"])
+        logger.info(
+            "Resumed from %s: epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration
+        )
+
+
+class PeriodicValidation(ValidationHandler):
+    """MONAI's ``ValidationHandler`` every ``interval`` epochs, and always after the last epoch.
+
+    With MONAI's alone, ``--epochs 1`` and ``val_interval`` 2 never validate: no model.pt, no Dice.
+
+    Args:
+        interval: epochs between validations.
+        validator: the evaluator to run.
+        exec_at_start: also validate before training. Default False.
+    """
+
+    def __init__(self, interval: int, validator: Any = None, exec_at_start: bool = False) -> None:
+        super().__init__(
+            interval=interval, validator=validator, epoch_level=True, exec_at_start=exec_at_start
+        )
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 def validate_settings(epochs: Any, batch_size: Any, image_size: Any, depth: Any, learning_rate: Any) -> None:

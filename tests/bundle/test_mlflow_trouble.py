@@ -77,8 +77,9 @@ def _trained(run_dir: Path) -> tuple[int, int]:
     network = torch.load(models / "model.pt", weights_only=True)
     assert network and all(torch.isfinite(v).all() for v in network.values())
     trainer = torch.load(models / "final.pt", weights_only=True)["trainer"]
-    assert trainer["epoch"] == TINY["epochs"]
-    return trainer["iteration"], trainer["epoch"]
+    epochs = trainer["iteration"] // trainer["epoch_length"]  # ignite's own state: iteration, epoch length
+    assert epochs == TINY["epochs"]
+    return trainer["iteration"], epochs
 
 
 def _not_logged(log: str, uri: str) -> dict[str, int]:

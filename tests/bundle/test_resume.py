@@ -22,7 +22,7 @@ from tests.bundle.test_train_bundle import CONFIGS, TINY, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
-METRICS = ("val_volume_dice", "val_dice", "val_bce", "val_dice_loss", "train_loss")
+METRICS = ("val_volume_dice", "best_val_volume_dice", "val_dice", "val_bce", "val_dice_loss", "train_loss")
 
 
 def _command(bundle_root: Path, run_name: str, resume: bool) -> list[str]:

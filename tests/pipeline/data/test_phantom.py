@@ -17,8 +17,9 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from pipeline import staging
-from pipeline.data.phantom import _plan, _render, generate_dataset
+from pipeline import atomic
+from pipeline.data.phantom import _plan, generate_dataset
+from pipeline.data.phantom_anatomy import render_patient
 from pipeline.data.prepare import ensure_dataset
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -63,7 +64,7 @@ def dataset(tmp_path_factory) -> Path:
 def rendered() -> list:
     """Seven patients of the default plan and a lesion-free one, rendered: (patient, image, mask)."""
     lesion_free = next(p for p in _plan(110, 0, lesion_free=0.12) if not p.has_lesion)
-    return [(p, *_render(p)) for p in [*_plan(110, 0)[:7], lesion_free]]
+    return [(p, *render_patient(p)) for p in [*_plan(110, 0)[:7], lesion_free]]
 
 
 def test_layout_folders_slices_and_masks(dataset):
@@ -173,7 +174,7 @@ def test_best_threshold_dice_finds_a_perfect_threshold():
 @pytest.mark.parametrize("channel", [0, 2])
 def test_a_missing_channel_is_a_copy_of_flair(channel):
     patient = min((p for p in _plan(110, 0) if p.flair_copy == channel), key=lambda p: p.n_slices)
-    image, _ = _render(patient)
+    image, _ = render_patient(patient)
     assert np.array_equal(image[..., channel], image[..., 1])
     assert not np.array_equal(image[..., 2 - channel], image[..., 1])
 
@@ -252,12 +253,12 @@ def test_a_killed_synth_leaves_no_data_and_the_next_run_regenerates(tmp_path, un
     # the slices written so far are beside the target, not in it
     before_files = [] if before == "missing" else ["README.txt"]
     assert (sorted(p.name for p in target.iterdir()) if target.exists() else []) == before_files
-    [leftover] = staging.leftovers(target)
-    assert list(leftover.rglob("*.tif")) and not (leftover / staging.COMPLETE).exists()
+    [leftover] = atomic.leftovers(target)
+    assert list(leftover.rglob("*.tif")) and not (leftover / atomic.COMPLETE).exists()
 
     assert ensure_dataset(target, target, phantom_patients=2, seed=1) is True  # not taken as data
 
-    assert staging.leftovers(target) == []
+    assert atomic.leftovers(target) == []
     hashes, expected = _hashes(target), _hashes(uninterrupted)
     if before != "missing":
         assert (target / "README.txt").read_text() == "phantom data goes here\n"
@@ -279,7 +280,7 @@ def test_an_interrupted_move_into_a_non_empty_folder_is_finished(tmp_path, unint
 
     assert ensure_dataset(target, target, phantom_patients=2, seed=1) is False  # finished, not regenerated
 
-    assert staging.leftovers(target) == []
+    assert atomic.leftovers(target) == []
     assert _files(target) == {**_files(uninterrupted), "README.txt": b"phantom data goes here\n"}
 
 
@@ -293,7 +294,7 @@ def test_leftovers_of_a_failed_generation_are_removed_and_the_target_untouched(t
     monkeypatch.setattr("pipeline.data.phantom._write_patient", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_dataset(target, n_patients=1, seed=4, workers=1)
-    assert not target.exists() and staging.leftovers(target) == []
+    assert not target.exists() and atomic.leftovers(target) == []
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, "0.1", True])

@@ -12,7 +12,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 
 from pipeline.evaluation import metrics
-from pipeline.evaluation.metrics import VolumeDiceAccumulator
+from pipeline.evaluation.volume_dice import VolumeDiceAccumulator, per_volume_dice
 
 
 def _two_squares() -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +228,7 @@ def test_accumulator_equals_dice_of_stacked_volume() -> None:
     defined = [_stacked_dice(pairs) for patient, pairs in patients.items() if patient != "TCGA_C"]
     assert accumulator.mean() == pytest.approx(sum(defined) / len(defined), abs=1e-6)
     records = [(p, i, *pair) for p, pairs in patients.items() for i, pair in enumerate(pairs)]
-    assert metrics.per_volume_dice(records) == pytest.approx(result, nan_ok=True)
+    assert per_volume_dice(records) == pytest.approx(result, nan_ok=True)
 
 
 def test_accumulator_counts_and_merge_of_two_halves() -> None:
@@ -262,7 +262,7 @@ def test_accumulator_rejects_a_slice_counted_twice() -> None:
     with pytest.raises(ValueError, match="impossible counts"):
         accumulator.add_counts("TCGA_A", 4, 3, 2, 5)
     with pytest.raises(ValueError, match="counted twice"):
-        metrics.per_volume_dice([("P", 1, np.ones(2), np.ones(2)), ("P", 1, np.ones(2), np.ones(2))])
+        per_volume_dice([("P", 1, np.ones(2), np.ones(2)), ("P", 1, np.ones(2), np.ones(2))])
 
 
 def test_accumulator_mean_without_defined_dice() -> None:

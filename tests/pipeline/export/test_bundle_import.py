@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from pipeline import cli
-from pipeline.export import safe_import, verify
+from pipeline.export import unzip, verify
+from pipeline.export.layout import MODEL_FILES, sha256
 from pipeline.export.pickle_scan import check_torch_file, pickle_globals
-from pipeline.export.safe_import import BundleImportError, import_bundle
-from pipeline.export.verify import MODEL_FILES, sha256
+from pipeline.export.safe_import import import_bundle
+from pipeline.export.unzip import BundleImportError
 from tests.pipeline.export.test_export import exported, phantom, run_dir  # noqa: F401 (fixtures)
 
 TOP = "lgg_unet_bundle"
@@ -152,12 +153,12 @@ def test_a_file_larger_than_its_declared_size_is_refused_while_streaming(tmp_pat
 def test_zip_bomb_ratio_total_size_and_entry_count_limits(tmp_path, monkeypatch):
     name = f"{TOP}/models/model.onnx"
     bomb = write_zip(tmp_path / "in" / "bomb.zip", [(name, bytes(16 << 20))])
-    refused(bomb, tmp_path / "dest", repr(name), f"ratio over {safe_import.MAX_RATIO}")
+    refused(bomb, tmp_path / "dest", repr(name), f"ratio over {unzip.MAX_RATIO}")
 
     small = write_zip(tmp_path / "in" / "small.zip", [(f"{TOP}/a{i}", bytes(600)) for i in range(4)])
-    monkeypatch.setattr(safe_import, "MAX_TOTAL_BYTES", 1000)
+    monkeypatch.setattr(unzip, "MAX_TOTAL_BYTES", 1000)
     refused(small, tmp_path / "dest", f"'{TOP}/a1'", "declared total over 1000 bytes")
-    monkeypatch.setattr(safe_import, "MAX_MEMBERS", 3)
+    monkeypatch.setattr(unzip, "MAX_MEMBERS", 3)
     refused(small, tmp_path / "dest", "4 entries, over the limit of 3")
 
 

@@ -25,8 +25,10 @@ import torch
 
 from networks import UNet
 from pipeline import cli
-from pipeline.export.build import export_bundle, source_from_checkpoint, standalone_inference_config
-from pipeline.export.verify import MODEL_FILES, sha256, verify_bundle
+from pipeline.export.build import export_bundle
+from pipeline.export.layout import MODEL_FILES, sha256, standalone_inference_config
+from pipeline.export.sources import source_from_checkpoint
+from pipeline.export.verify import verify_bundle
 from pipeline.inference.workflow import run_inference, tiff_preprocessing
 
 ROOT = Path(__file__).resolve().parents[3]
