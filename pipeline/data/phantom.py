@@ -208,16 +208,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``python -m pipeline synth``; prints a one-line summary, returns the exit code."""
-    start = time.perf_counter()
+    """Run ``python -m pipeline synth`` (generate_dataset logs the one-line summary); the exit code."""
     try:
         generate_dataset(args.out, args.patients, args.seed, args.workers, args.lesion_free)
     except (ValueError, FileExistsError) as err:
         logger.error("%s", err)
         return 2
-    slices = sum(p.n_slices for p in _plan(args.patients, args.seed))
-    seconds = time.perf_counter() - start
-    print(
-        f"Wrote {args.patients} patients, {slices} slices to {args.out} in {seconds:.1f} s (seed {args.seed})"
-    )
     return 0

@@ -165,10 +165,19 @@ class PeriodicValidation(ValidationHandler):
             engine.add_event_handler(Events.STARTED, self)
 
 
+QUOTES = " \"'"
+
+
 def validate_settings(epochs: Any, batch_size: Any, image_size: Any, depth: Any, learning_rate: Any) -> None:
     """Refuse config values that cannot train, naming the key and the fix, before any work starts."""
 
     def whole(name: str, value: Any, minimum: int) -> int:
+        if isinstance(value, str):  # `--epochs '"2"'`: the bundle CLI passed a quoted string through
+            bare = value.strip(QUOTES) or str(minimum)
+            raise ValueError(
+                f"--{name} must be a whole number >= {minimum}, not the string {value!r}: "
+                f"pass it without quotes (--{name} {bare})"
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"--{name} must be a whole number >= {minimum}, not {value!r}")
         return value

@@ -143,6 +143,7 @@ def test_same_seed_gives_identical_per_epoch_metrics(tmp_path):
     ("override", "message"),
     [
         ({"epochs": -1}, "--epochs must be a whole number >= 1"),
+        ({"epochs": "2"}, "not the string '2': pass it without quotes (--epochs 2)"),
         ({"batch_size": 0}, "--batch_size must be a whole number >= 1"),
         ({"image_size": 62}, "--image_size must be divisible by 4"),
         ({"learning_rate": "fast"}, "--learning_rate must be a positive number"),

@@ -139,3 +139,19 @@ def test_epoch_metrics_reach_mlflow_before_the_epoch_checkpoint(trained):
     ]
     assert "MLflowTracking" in owners and "RunCheckpoints" in owners
     assert owners.index("MLflowTracking") < owners.index("RunCheckpoints"), owners
+
+
+@pytest.mark.slow
+def test_the_last_epoch_is_validated_whatever_val_interval(tmp_path):
+    """--epochs 1 with val_interval 2 (the demo's): MONAI's ValidationHandler alone never validates."""
+    from mlflow import MlflowClient
+
+    workflow = run_bundle(tmp_path, epochs=1, val_interval=2)
+    ckpt_dir = Path(workflow.parser.get_parsed_content("ckpt_dir"))
+    assert (ckpt_dir / "model.pt").is_file()
+    record = json.loads((Path(workflow.parser.get_parsed_content("run_dir")) / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    history = client.get_metric_history(record["run_id"], "val_volume_dice")
+    assert [m.step for m in history] == [1]
+    best = client.get_metric_history(record["run_id"], "best_val_volume_dice")
+    assert [m.value for m in best] == [history[0].value]

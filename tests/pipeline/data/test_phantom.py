@@ -210,7 +210,7 @@ def test_cli_writes_the_dataset_and_refuses_to_overwrite(tmp_path):
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "3 patients" in done.stdout
+    assert (done.stdout + done.stderr).count("3 patients") == 1  # the summary, once
     assert len(list(tmp_path.glob("TCGA_*"))) == 3 and (tmp_path / "data.csv").is_file()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "not empty" in again.stderr
