@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def readable_run_name(prefix: str = "unet", **settings: object) -> str:
@@ -37,6 +40,9 @@ def make_run_dir(run_dir: str | Path) -> str:
 def latest_checkpoint(output_root: str | Path, filename: str = "model.pt") -> str:
     """``models/<filename>`` of the most recently trained run under ``<output_root>/runs``.
 
+    The choice is logged with the run's name and when its file was written, so that evaluating or
+    inferring without ``--ckpt_path`` never silently takes another run than the user thinks.
+
     Raises:
         FileNotFoundError: no run holds that file; train first or pass ``--ckpt_path``.
     """
@@ -47,7 +53,16 @@ def latest_checkpoint(output_root: str | Path, filename: str = "model.pt") -> st
             "(python -m monai.bundle run training --config_file bundle/configs/train.json) "
             "or pass --ckpt_path /path/to/model.pt"
         )
-    return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest.stat().st_mtime))
+    logger.info(
+        "No --ckpt_path given: using %s of run %s, the newest of %d runs (trained %s)",
+        newest,
+        newest.parent.parent.name,
+        len(candidates),
+        written,
+    )
+    return str(newest)
 
 
 def evaluation_dir(ckpt_path: str | Path, output_root: str | Path) -> str:
