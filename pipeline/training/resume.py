@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, ValidationHandler
 
 from pipeline.training.checkpoints import RunCheckpoints
-from pipeline.training.runs import readable_run_name
+from pipeline.training.runs import readable_run_name, reserve_run_dir, truthy
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +73,17 @@ class EpochSeeding:
 
 
 def resolve_run_name(output_root: str, resume: bool | str, prefix: str = "unet", **settings: object) -> str:
-    """A new readable run name, or with ``resume`` the newest run that holds a checkpoint.
+    """A new readable run name (its folder created at once), or with ``resume`` the newest run.
+
+    A new name is reserved by creating ``<output_root>/runs/<name>``, with a ``-2``, ``-3``
+    suffix when two runs start in the same second; with ``resume``, the run with the newest
+    checkpoint is taken.
 
     Raises:
         FileNotFoundError: ``resume`` is set but no run under ``<output_root>/runs`` has one.
     """
-    if not _truthy(resume):
-        return readable_run_name(prefix, **settings)
+    if not truthy(resume):
+        return reserve_run_dir(Path(output_root) / "runs", readable_run_name(prefix, **settings))
     runs = [p.parent.parent for p in Path(output_root).glob("runs/*/models/checkpoint_epoch=*.pt")]
     if not runs:
         raise FileNotFoundError(
@@ -87,12 +91,6 @@ def resolve_run_name(output_root: str, resume: bool | str, prefix: str = "unet",
             "start a new run without --resume"
         )
     return max(set(runs), key=lambda p: p.stat().st_mtime).name
-
-
-def _truthy(value: bool | str) -> bool:
-    if isinstance(value, str):  # the bundle CLI passes `--resume true` as a string
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class ResumeTraining:
@@ -110,7 +108,7 @@ class ResumeTraining:
 
     def __init__(self, checkpoints: RunCheckpoints, resume: bool | str = False):
         self.checkpoints = checkpoints
-        self.resume = _truthy(resume)
+        self.resume = truthy(resume)
         self.resumed_from: Path | None = None
 
     def attach(self, engine: Engine) -> None:

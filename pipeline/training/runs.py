@@ -30,9 +30,75 @@ def default_workers(limit: int = 4) -> int:
     return max(0, min(limit, cores - 1))
 
 
-def make_run_dir(run_dir: str | Path) -> str:
-    """Create the run folder (with ``models/``) and return it as a string."""
+def truthy(value: bool | str) -> bool:
+    """A config flag as a bool: ``--resume true`` arrives from the bundle CLI as a string."""
+    if isinstance(value, str):  # the bundle CLI passes `--resume true` as a string
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+_RESERVED: set[str] = set()  # run folders this process created for a new run
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def reserve_run_dir(runs_root: str | Path, name: str) -> str:
+    """Create ``<runs_root>/<name>`` exclusively and return the name it got.
+
+    A name already taken (another run started in the same second, a sweep launched from a
+    script) gets ``-2``, ``-3``, ... appended, so every new run has its own folder. Only rank 0
+    of a distributed run creates anything; the other ranks take rank 0's name.
+    """
+    if not _is_rank0():
+        return name
+    root = Path(runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = name if attempt == 1 else f"{name}-{attempt}"
+        try:
+            (root / candidate).mkdir()
+        except FileExistsError:
+            continue
+        _RESERVED.add(str((root / candidate).resolve()))
+        return candidate
+    raise FileExistsError(f"{root}: 999 runs named {name}-N exist; clean up {root}")
+
+
+def make_run_dir(run_dir: str | Path, resume: bool = False) -> str:
+    """The run folder (with ``models/``), created for a new run, reused only with ``resume``.
+
+    Args:
+        run_dir: ``<output_root>/runs/<run name>``.
+        resume: continue an existing run (``--resume true``). Default False.
+
+    Raises:
+        FileExistsError: a new run was given the name of an existing run (``--run_name``): the
+            message names ``--run_name`` and ``--resume``. Nothing of the existing run is touched.
+        FileNotFoundError: ``resume`` is set and there is no such run.
+    """
     path = Path(run_dir)
+    if not _is_rank0():  # rank 0 creates the folder; the other ranks write nothing into it
+        return str(path)
+    if truthy(resume):
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"--resume: there is no run {path.name!r} ({path} does not exist); "
+                "check --run_name or start a new run without --resume"
+            )
+    elif str(path.resolve()) not in _RESERVED:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise FileExistsError(
+                f"run name {path.name!r} is taken ({path} exists): choose another --run_name for a "
+                f"new run, or continue that one with --run_name {path.name} --resume true"
+            ) from None
+        _RESERVED.add(str(path.resolve()))
     (path / "models").mkdir(parents=True, exist_ok=True)
     return str(path)
 
