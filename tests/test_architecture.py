@@ -1,7 +1,7 @@
 """The package's architecture, checked by walking its imports with ``ast``.
 
 Stages import one way: data <- training, evaluation <- inference <- export; tracking is used by
-every stage and imports none of them; the shared helpers (``pipeline.atomic``, ``pipeline.staging``)
+every stage and imports none of them; the shared helpers (``pipeline.atomic``, ``pipeline.errors``)
 are imported by any stage and import none.
 """
 
@@ -24,7 +24,7 @@ ALLOWED = {
     "export": {"data", "training", "evaluation", "inference", "tracking"},
     "tracking": set(),
 }
-SHARED = ("atomic", "staging")  # helpers every stage may import; they import no stage
+SHARED = ("atomic", "errors")  # helpers every stage may import; they import no stage
 MAX_LINES = 300
 
 

@@ -268,7 +268,7 @@ class MLflowTracking(MLflowGuard):
 
     def exception_raised(self, engine: Engine, error: BaseException) -> None:
         self.flush()
-        self.close(status="FAILED")
+        self.close(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise error
 
     def close(self, status: str = "FINISHED") -> None:

@@ -1,0 +1,106 @@
+"""What a person sees when training stops: our message on the last line, and Ctrl-C in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.data.phantom import generate_dataset
+from tests.bundle.test_train_bundle import CONFIGS, TINY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _command(bundle_root: Path, **overrides) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(CONFIGS / "train.json"),
+    ]
+    for key, value in dict(TINY, bundle_root=str(bundle_root), **overrides).items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "last_line"),
+    [
+        (
+            {"dataset_dir": "/nonexistent/kaggle_3m"},
+            "DatasetError: dataset_dir /nonexistent/kaggle_3m does not exist",
+        ),
+        ({"epochs": -1}, "ValueError: --epochs must be a whole number >= 1, not -1"),
+        ({"image_size": 62}, "ValueError: --image_size must be divisible by 4"),
+    ],
+)
+def test_the_last_line_is_our_message(tmp_path, overrides, last_line):
+    done = subprocess.run(
+        _command(tmp_path, **overrides), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr  # the traceback stays above it
+    assert _last_line(done.stderr).startswith(last_line), done.stderr[-1500:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tmp_path):
+    from mlflow import MlflowClient
+
+    generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
+    process = subprocess.Popen(
+        _command(tmp_path, epochs=30, run_name="long"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    models = tmp_path / "outputs" / "runs" / "long" / "models"
+    deadline = time.monotonic() + 240
+    while not list(models.glob("checkpoint_epoch=*.pt")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode != 0
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = _last_line(stderr)
+    assert last.startswith("Training interrupted in epoch") and "checkpoint_epoch=" in last, last
+    record = json.loads((models.parent / "mlflow_run.json").read_text())
+    assert MlflowClient(tracking_uri=record["tracking_uri"]).get_run(record["run_id"]).info.status == "KILLED"
+
+    # the printed command resumes the run (here with fewer epochs, to finish quickly)
+    command = shlex.split(last.split("Resume with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "monai.bundle"] and command[-4:] == [
+        "--run_name",
+        "long",
+        "--resume",
+        "true",
+    ]
+    command = [sys.executable, *command[1:], "--epochs", "2"]
+    resumed = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (
+        MlflowClient(tracking_uri=record["tracking_uri"]).get_run(record["run_id"]).info.status == "FINISHED"
+    )
