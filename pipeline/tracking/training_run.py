@@ -27,6 +27,7 @@ from ignite.engine import Engine, Events
 
 from pipeline.atomic import write_json
 from pipeline.tracking.guard import MLflowGuard, _open_client
+from pipeline.tracking.monai_switch import refuse_second_tracker
 from pipeline.tracking.provenance import active_bundle_config, flatten, git_commit
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,13 @@ class MLflowTracking(MLflowGuard):
         return experiment.experiment_id if experiment is not None else None
 
     def start(self, engine: Engine | None = None) -> None:
-        """Open (or, when ``<run_dir>/mlflow_run.json`` names one, continue) the MLflow run."""
+        """Open (or, when ``<run_dir>/mlflow_run.json`` names one, continue) the MLflow run.
+
+        Raises:
+            ValueError: MONAI's own MLFlowHandler is attached too (``--tracking mlflow``).
+        """
+        if engine is not None:
+            refuse_second_tracker(engine)
         if not self.enabled or self.run_id is not None:
             return
         from mlflow.entities import Param, RunTag

@@ -104,3 +104,26 @@ def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tmp_path):
     assert (
         MlflowClient(tracking_uri=record["tracking_uri"]).get_run(record["run_id"]).info.status == "FINISHED"
     )
+
+
+@pytest.mark.slow
+def test_monai_tracking_switch_is_refused_before_training_with_how_to_log_elsewhere(tmp_path):
+    from mlflow import MlflowClient
+
+    done = subprocess.run(
+        [*_command(tmp_path), "--tracking", "mlflow"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    last = _last_line(done.stderr)
+    assert last.startswith("ValueError: --tracking mlflow adds MONAI's MLFlowHandler"), done.stderr[-2000:]
+    assert "--tracking_uri" in last and "MLFLOW_TRACKING_URI" in last
+    assert "float() argument" not in done.stderr  # refused before MONAI's handler logged anything
+    db = tmp_path / "outputs" / "mlflow.db"
+    if db.exists():  # no MLflow run was opened by either handler
+        client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
