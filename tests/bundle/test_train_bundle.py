@@ -52,7 +52,7 @@ def run_bundle(tmp_path: Path, **overrides):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("bundle")
-    workflow = run_bundle(tmp_path)
+    workflow = run_bundle(tmp_path, **{"loss#lambda_dice": 0.5})
     return tmp_path, workflow
 
 
@@ -100,6 +100,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     params = run.data.params
     assert params["learning_rate"] == "0.1" and params["batch_size"] == "4" and params["epochs"] == "2"
     assert params["network.n_filters"] == "2" and params["augment.rotate_degrees"] == "15"
+    # what was trained, from the resolved config: `--loss#lambda_dice 0.5` trains and logs 0.5
+    assert params["loss.name"] == "DiceCELoss" and params["loss.lambda_dice"] == "0.5"
+    assert params["optimizer.name"] == "torch.optim.SGD" and params["optimizer.momentum"] == "0.9"
     assert len(params["dataset_fingerprint"]) >= 8
     assert "git_commit" in run.data.tags
 
