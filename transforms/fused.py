@@ -25,14 +25,21 @@ What is kept exactly, per transform, in pixel-index space:
 Alone, each gives MONAI's result (tests/transforms/test_fused.py: float rounding for images,
 exact for masks). Together, the slice is interpolated once instead of twice, so images are a
 little sharper than MONAI's chain and a mask is rounded once: a handful of border pixels differ
-(the same test measures it). That is the idea of MONAI's own lazy resampling, which fails on 2D
-inputs in MONAI 1.6.1 (a 3x3 by 4x4 matrix product).
+(the same test measures it). That is the idea of MONAI's own lazy resampling, which MONAI 1.6.1
+gets wrong in 2D: ``Compose(lazy=True)`` raises "mat1 and mat2 shapes cannot be multiplied (3x3
+and 4x4)" when the zoom and rotation fire and the flip does not, and resamples the masks
+bilinearly when all fire (tests/transforms/test_monai_lazy.py fails once MONAI fixes it).
 
 A key is sampled bilinearly when every fused transform uses a linear mode for it and with
 nearest neighbour when every one uses a nearest mode. Anything else runs MONAI's transforms one
 by one, with metadata tracking off as in ``ComposeWithoutMeta``: other transforms in the list
 (e.g. ``EnsureTyped``, intensity augmentation), other modes or padding, ``keep_size=False``,
-3D or non-tensor data, missing keys. Fused keys come out as float32 tensors.
+3D or non-tensor data, missing keys. Fused keys come out as float32 tensors. The MONAI internals
+that the draws and settings are read from are read in :mod:`transforms.monai_draws` only.
+
+To train on MONAI's plain transforms instead (its ``Compose`` item by item, MetaTensors, then
+``list_data_collate``; one thread, 4 slices: 31 ms against 8 ms at 256x256), override one key:
+``--fast_augmentation false`` (train.json passes it to ``BatchAugmentation(fused=...)``).
 """
 
 from __future__ import annotations
@@ -43,9 +50,10 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import list_data_collate
-from monai.transforms import RandFlipd, RandRotated, RandZoomd, apply_transform
+from monai.transforms import Compose, RandFlipd, RandRotated, RandZoomd, apply_transform
 from monai.utils import MAX_SEED
 
+from transforms import monai_draws
 from transforms.compose import ComposeWithoutMeta, metadata_off
 from transforms.coordinates import CoordinateMap
 
@@ -72,18 +80,16 @@ def _fusable(transform: Any) -> bool:
     if getattr(transform, "allow_missing_keys", False):
         return False
     if type(transform) is RandZoomd:
-        zoom = transform.rand_zoom
         return (
-            zoom.keep_size
+            monai_draws.zoom_keeps_size(transform)
             and all(_name(m) in _ZOOM_MODES for m in transform.mode)
             and _one_padding(transform.padding_mode, _ZOOM_PADDING)
             and all(a in (None, False) for a in transform.align_corners)
-            and not zoom.kwargs  # np.pad options such as a non-zero constant value
+            and not monai_draws.zoom_pad_options(transform)  # such as a non-zero constant value
         )
     if type(transform) is RandRotated:
-        rotate = transform.rand_rotate
         return (
-            rotate.keep_size
+            monai_draws.rotate_keeps_size(transform)
             and all(_name(m) in _ROTATE_MODES for m in transform.mode)
             and _one_padding(transform.padding_mode, _ROTATE_PADDING)
         )
@@ -119,27 +125,17 @@ def _kinds(group: Sequence[Any]) -> dict[Hashable, str] | None:
     return {key: next(iter(kinds.get(key, {"nearest"}))) for key in group[0].keys}
 
 
-def _spatial_axes(axis: Any) -> list[int]:
-    if axis is None:
-        return [0, 1]
-    return [int(a) % 2 for a in np.atleast_1d(axis)]
-
-
 def _draw(group: Sequence[Any], data: Mapping[Hashable, Any], key: Hashable) -> list[Any]:
     """Per transform of ``group``, what it drew for ``data`` (None: it did not fire), drawn
     through its own randomize methods in the order its ``__call__`` would draw."""
     values: list[Any] = []
     for transform in group:
-        transform.randomize(None)
         if type(transform) is RandZoomd:
-            transform.rand_zoom.randomize(data[key])
-            value = tuple(float(z) for z in transform.rand_zoom._zoom)
+            values.append(monai_draws.draw_zoom(transform, data, key))
         elif type(transform) is RandRotated:
-            transform.rand_rotate.randomize()
-            value = float(transform.rand_rotate.x)
+            values.append(monai_draws.draw_rotate(transform))
         else:
-            value = _spatial_axes(transform.flipper.spatial_axis)
-        values.append(value if transform._do_transform else None)
+            values.append(monai_draws.draw_flip(transform))
     return values
 
 
@@ -248,7 +244,8 @@ class BatchAugmentation:
     with one ``grid_sample``, which runs on all cores, and its coordinates are built in one go.
     Keys not augmented (``patient``, ``slice``, ...) go through ``collate_fn``. When the
     augmentations or the items do not suit the batched path, each item goes through
-    ``FusedAugmentation`` (and its fallbacks) and the results through ``collate_fn``.
+    ``FusedAugmentation`` (and its fallbacks) and the results through ``collate_fn``. With
+    ``fused=False`` each item goes through MONAI's plain ``Compose`` of the transforms instead.
 
     Random state: ``set_random_state`` seeds the transforms as ``FusedAugmentation`` does
     (``pipeline.training.resume.EpochSeeding`` finds this on the trainer's DataLoader and reseeds it
@@ -259,10 +256,19 @@ class BatchAugmentation:
         transforms: the augmentations (train.json's ``augmentations`` list), as for Compose.
         collate_fn: collates the items' other keys (and everything on the fallback path).
             Default: MONAI's ``list_data_collate``.
+        fused: True (default) resamples once per key and batch as above; False runs MONAI's own
+            ``Compose(transforms)`` on each item (train.json's ``fast_augmentation``). The bundle
+            CLI's strings "true"/"false" are accepted.
+
+    Raises:
+        ValueError: ``fused`` is a string other than true/false (yes/no, on/off, 1/0).
     """
 
-    def __init__(self, transforms: Sequence[Any] | Any | None = None, collate_fn: Any = None) -> None:
-        self.augmentation = FusedAugmentation(transforms)
+    def __init__(
+        self, transforms: Sequence[Any] | Any | None = None, collate_fn: Any = None, fused: bool | str = True
+    ) -> None:
+        self.fused = _flag("fused", fused)
+        self.augmentation = FusedAugmentation(transforms) if self.fused else Compose(transforms)
         self.collate_fn = collate_fn if collate_fn is not None else list_data_collate
         self._worker: tuple[int, int] | None = None
 
@@ -275,9 +281,17 @@ class BatchAugmentation:
         if info is not None and self._worker != (info.id, info.seed):
             self._worker = (info.id, info.seed)
             self.set_random_state(seed=info.seed % MAX_SEED)
-        augmented = self.augmentation.augment_batch(items)
+        augmented = self.augmentation.augment_batch(items) if self.fused else None
         if augmented is None:
             return self.collate_fn([self.augmentation(item) for item in items])
         batch = self.collate_fn([{k: v for k, v in item.items() if k not in augmented} for item in items])
         batch.update(augmented)
         return batch
+
+
+def _flag(name: str, value: bool | str) -> bool:
+    """A config switch as a bool; the bundle CLI passes ``--fast_augmentation false`` as a string."""
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word is not None and word not in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return word in ("true", "yes", "on", "1") if word is not None else bool(value)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 import time
-from typing import Any
 
 from ignite.engine import Engine, Events
-
-from pipeline.errors import set_interrupt_notice
 
 logger = logging.getLogger(__name__)
 
@@ -78,63 +74,3 @@ def _loss(output: object) -> float:
     if isinstance(output, list):
         output = output[0]
     return float(output["loss"].detach())  # type: ignore[index]
-
-
-class _EmptyExceptionLine(logging.Filter):
-    """Drops ignite's "Engine run is terminating due to exception: " line when the text is empty (Ctrl-C)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage().rstrip() != "Engine run is terminating due to exception:"
-
-
-class InterruptNotice:
-    """On Ctrl-C: one line saying the epoch reached, the checkpoint and the command that resumes.
-
-    Registered with :func:`pipeline.errors.set_interrupt_notice`, printed by the exception hook
-    instead of the traceback. List it before the MLflow handler, which marks the run KILLED.
-
-    Args:
-        checkpoints: the run's epoch checkpoint saver (its ``epoch_files()``).
-        run_name: the run's name (``--run_name`` of the resume command).
-        enabled: False makes it a no-op (other ranks than 0). Default True.
-    """
-
-    def __init__(self, checkpoints: Any, run_name: str, enabled: bool = True) -> None:
-        self.checkpoints = checkpoints
-        self.run_name = run_name
-        self.enabled = enabled
-
-    def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self, Events.EXCEPTION_RAISED):
-            engine.add_event_handler(Events.EXCEPTION_RAISED, self)
-            engine.logger.addFilter(_EmptyExceptionLine())
-
-    def resume_command(self) -> str:
-        """The command line of this process with ``--run_name <name> --resume true``."""
-        args, skip = [], False
-        for arg in sys.argv[1:]:
-            if skip:
-                skip = False
-            elif arg in ("--resume", "--run_name"):
-                skip = True
-            elif not arg.startswith(("--resume=", "--run_name=")):
-                args.append(arg)
-        program = (
-            "python -m monai.bundle" if sys.argv[0].endswith(("monai/bundle/__main__.py",)) else "python"
-        )
-        return " ".join(
-            [program, *map(shlex.quote, args), "--run_name", shlex.quote(self.run_name), "--resume true"]
-        )
-
-    def __call__(self, engine: Engine, error: BaseException) -> None:
-        if not self.enabled or not isinstance(error, KeyboardInterrupt):
-            return
-        files = self.checkpoints.epoch_files()
-        if files:
-            notice = (
-                f"Training interrupted in epoch {engine.state.epoch}; {files[-1].name} holds epoch "
-                f"{files[-1].stem.split('=')[-1]}. Resume with: {self.resume_command()}"
-            )
-        else:
-            notice = "Training interrupted before the first epoch's checkpoint; nothing to resume from."
-        set_interrupt_notice(notice)

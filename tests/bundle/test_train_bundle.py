@@ -102,7 +102,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert params["network.n_filters"] == "2" and params["augment.rotate_degrees"] == "15"
     # what was trained, from the resolved config: `--loss#lambda_dice 0.5` trains and logs 0.5
     assert params["loss.name"] == "DiceCELoss" and params["loss.lambda_dice"] == "0.5"
-    assert params["optimizer.name"] == "torch.optim.SGD" and params["optimizer.momentum"] == "0.9"
+    assert params["optimizer"] == "torch.optim.SGD" and params["lr_scheduler"].endswith("OneCycleLR")
     assert len(params["dataset_fingerprint"]) >= 8
     assert "git_commit" in run.data.tags
 

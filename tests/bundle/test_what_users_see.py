@@ -127,3 +127,47 @@ def test_monai_tracking_switch_is_refused_before_training_with_how_to_log_elsewh
     if db.exists():  # no MLflow run was opened by either handler
         client = MlflowClient(tracking_uri=f"sqlite:///{db}")
         assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
+
+
+@pytest.mark.slow
+def test_the_end_of_run_summary_gives_commands_that_work(tmp_path):
+    from mlflow import MlflowClient
+
+    generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
+    done = subprocess.run(
+        _command(tmp_path, epochs=1, run_name="summary"), cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Epoch[1] Complete" not in done.stdout  # ignite's own per-epoch lines are silenced
+    report = [
+        line.split("pipeline.training.run_report: ", 1)[1]
+        for line in done.stdout.splitlines()
+        if "run_report" in line
+    ]
+    run_dir = tmp_path / "outputs" / "runs" / "summary"
+    record = json.loads((run_dir / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    [best] = [m.value for m in client.get_metric_history(record["run_id"], "best_val_volume_dice")]
+    assert report[0] == f"Training finished: best val_volume_dice {best:.4f} at epoch 1"
+    assert report[1] == f"  model: {run_dir / 'models' / 'model.pt'}"
+    assert report[2] == f"  MLflow run: summary ({record['run_id']}) at {record['tracking_uri']}"
+    commands = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in report[4:]}
+    assert set(commands) == {"evaluate", "infer", "export", "MLflow UI"}
+
+    def run(command: str, **replace: str) -> subprocess.CompletedProcess:
+        for old, new in replace.items():
+            command = command.replace(old, new)
+        words = shlex.split(command)
+        assert words[0] in ("python", "mlflow")
+        return subprocess.run(
+            [sys.executable, *words[1:]], cwd=ROOT, env=_env(), capture_output=True, text=True
+        )
+
+    evaluated = run(commands["evaluate"])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert (run_dir / "evaluation" / "summary.json").is_file()
+    out = tmp_path / "masks"
+    scans = str(tmp_path / "outputs" / "phantom_lgg")
+    inferred = run(commands["infer"] + f" --output_dir {out}", **{"<folder of scans>": scans})
+    assert inferred.returncode == 0, inferred.stderr[-2000:]
+    assert list(out.rglob("*_mask.tif"))

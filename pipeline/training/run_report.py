@@ -1,0 +1,188 @@
+"""What a training run tells the user when it stops: the summary at the end, the notice on Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import sys
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from pipeline.errors import set_interrupt_notice
+
+logger = logging.getLogger(__name__)
+
+EVALUATE = "bundle/configs/evaluate.json"
+_PLAIN = re.compile(r"^[\w@%+=:,./#-]+$")  # needs no quoting in a POSIX shell
+INFERENCE = "bundle/configs/inference.json"
+
+
+class _EmptyExceptionLine(logging.Filter):
+    """Drops ignite's "Engine run is terminating due to exception: " line when the text is empty (Ctrl-C)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage().rstrip() != "Engine run is terminating due to exception:"
+
+
+class InterruptNotice:
+    """On Ctrl-C: one line saying the epoch reached, the checkpoint and the command that resumes.
+
+    Registered with :func:`pipeline.errors.set_interrupt_notice`, printed by the exception hook
+    instead of the traceback. List it before the MLflow handler, which marks the run KILLED.
+
+    Args:
+        checkpoints: the run's epoch checkpoint saver (its ``epoch_files()``).
+        run_name: the run's name (``--run_name`` of the resume command).
+        enabled: False makes it a no-op (other ranks than 0). Default True.
+    """
+
+    def __init__(self, checkpoints: Any, run_name: str, enabled: bool = True) -> None:
+        self.checkpoints = checkpoints
+        self.run_name = run_name
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.EXCEPTION_RAISED):
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+            engine.logger.addFilter(_EmptyExceptionLine())
+
+    def resume_command(self) -> str:
+        """The command line of this process with ``--run_name <name> --resume true``."""
+        args, skip = [], False
+        for arg in sys.argv[1:]:
+            if skip:
+                skip = False
+            elif arg in ("--resume", "--run_name"):
+                skip = True
+            elif not arg.startswith(("--resume=", "--run_name=")):
+                args.append(arg)
+        program = (
+            "python -m monai.bundle" if sys.argv[0].endswith(("monai/bundle/__main__.py",)) else "python"
+        )
+        return " ".join([program, *map(_quote, args), "--run_name", _quote(self.run_name), "--resume true"])
+
+    def __call__(self, engine: Engine, error: BaseException) -> None:
+        if not self.enabled or not isinstance(error, KeyboardInterrupt):
+            return
+        files = self.checkpoints.epoch_files()
+        if files:
+            notice = (
+                f"Training interrupted in epoch {engine.state.epoch}; {files[-1].name} holds epoch "
+                f"{files[-1].stem.split('=')[-1]}. Resume with: {self.resume_command()}"
+            )
+        else:
+            notice = "Training interrupted before the first epoch's checkpoint; nothing to resume from."
+        set_interrupt_notice(notice)
+
+
+def _cli_args(drop: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(config files, other arguments) of this process's bundle command, without the ``drop`` options."""
+    import ast
+
+    configs, args, argv, i = [], [], sys.argv[1:], 0
+    while i < len(argv):
+        arg = argv[i]
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg == "--config_file":
+            parsed = ast.literal_eval(value) if value.startswith("[") else value
+            configs = [parsed] if isinstance(parsed, str) else list(parsed)
+            i += 2
+        elif arg in drop:
+            i += 2
+        else:
+            if arg.startswith("--") and i + 1 < len(argv):
+                args += [arg, value]
+                i += 2
+            else:
+                i += 1  # `run training`: the command itself
+    return configs, args
+
+
+def _quote(word: str) -> str:
+    return word if _PLAIN.match(word) else shlex.quote(word)
+
+
+def _config_arg(configs: list[str]) -> str:
+    """``--config_file``'s value as the README writes it: a path, or ``"['a.json','b.json']"``."""
+    if len(configs) == 1:
+        return _quote(configs[0])
+    return '"[' + ",".join(f"'{c}'" for c in configs) + ']"'
+
+
+class RunSummary:
+    """At the end of training, a few lines saying what a user needs next.
+
+    Best per-volume Dice and its epoch, the model.pt path, the MLflow run (name, id, URI) and
+    the commands to evaluate, infer, export and open the MLflow UI on that run, built from this
+    process's own command line (its config files and overrides, so that the network matches).
+
+    Args:
+        evaluator: the validation evaluator (``best_metric``, ``best_metric_epoch``).
+        best_model: the best-model saver (its ``path``).
+        tracking: the MLflow tracking handler (``run_id``, ``run_name``, ``tracking_uri``).
+        network: the trained ``image_size`` and ``network_def`` settings (``n_filters``, ``depth``,
+            ...), passed to the inference command, whose config has the full-size defaults.
+            Default None.
+        enabled: False makes it a no-op (other ranks than 0). Default True.
+    """
+
+    def __init__(
+        self,
+        evaluator: Engine,
+        best_model: Any,
+        tracking: Any,
+        network: dict | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.network = dict(network or {})
+        self.evaluator = evaluator
+        self.best_model = best_model
+        self.tracking = tracking
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def lines(self) -> list[str]:
+        state, model, tracking = self.evaluator.state, self.best_model.path, self.tracking
+        metric = getattr(state, "key_metric_name", None) or "val_volume_dice"
+        out = [
+            f"Training finished: best {metric} {state.best_metric:.4f} at epoch {state.best_metric_epoch}",
+            f"  model: {model}",
+        ]
+        if tracking.run_id:
+            out.append(f"  MLflow run: {tracking.run_name} ({tracking.run_id}) at {tracking.tracking_uri}")
+        else:
+            out.append(
+                f"  MLflow run: not logged ({tracking.tracking_uri}); the run folder holds the results"
+            )
+        configs, args = _cli_args(drop=("--resume", "--run_name", "--ckpt_path"))
+        configs = [c for c in configs or ["bundle/configs/train.json"] if "multi_gpu" not in c]
+        overrides = "".join(f" {_quote(a)}" for a in args)
+        ckpt = _quote(str(model))
+        bundle = "python -m monai.bundle run --config_file"
+        out += [
+            "  next:",
+            f"    evaluate: {bundle} {_config_arg([*configs, EVALUATE])}{overrides} --ckpt_path {ckpt}",
+            f"    infer:    {bundle} {INFERENCE}{self._network_overrides()} --ckpt_path {ckpt} "
+            "--dataset_dir <folder of scans>",
+            f"    export:   python -m pipeline export --checkpoint {ckpt} --out exports/{tracking.run_name}",
+        ]
+        if tracking.run_id:
+            out.append(
+                f"    MLflow UI: mlflow ui --backend-store-uri {tracking.tracking_uri} --workers 1 "
+                "--host 127.0.0.1 --port 5000"
+            )
+        return out
+
+    def _network_overrides(self) -> str:
+        keys = [(f"--{k}" if k == "image_size" else f"--network_def#{k}", v) for k, v in self.network.items()]
+        return "".join(f" {key} {_quote(str(value))}" for key, value in keys)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.enabled:
+            for line in self.lines():
+                logger.info("%s", line)
