@@ -20,6 +20,17 @@ def readable_run_name(prefix: str = "unet", **settings: object) -> str:
     return "-".join(parts + [time.strftime("%Y%m%d-%H%M%S")])
 
 
+def loader_workers(limit: int = 4) -> int:
+    """The bundle's default ``num_workers``: :func:`default_workers` with a GPU, 0 on a CPU.
+
+    On a CPU the augmentation costs less in the main process than a worker's inter-process
+    transfer, and a worker only competes with the training step's own threads.
+    """
+    import torch
+
+    return default_workers(limit) if torch.cuda.is_available() else 0
+
+
 def default_workers(limit: int = 4) -> int:
     """DataLoader workers sized to the machine: one per spare core, at most ``limit``, 0 on 1 core.
 
@@ -40,7 +51,8 @@ def truthy(value: bool | str) -> bool:
 _RESERVED: set[str] = set()  # run folders this process created for a new run
 
 
-def _is_rank0() -> bool:
+def is_rank0() -> bool:
+    """True outside torch.distributed, and on rank 0 inside it."""
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -53,7 +65,7 @@ def reserve_run_dir(runs_root: str | Path, name: str) -> str:
     script) gets ``-2``, ``-3``, ... appended, so every new run has its own folder. Only rank 0
     of a distributed run creates anything; the other ranks take rank 0's name.
     """
-    if not _is_rank0():
+    if not is_rank0():
         return name
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -81,7 +93,7 @@ def make_run_dir(run_dir: str | Path, resume: bool = False) -> str:
         FileNotFoundError: ``resume`` is set and there is no such run.
     """
     path = Path(run_dir)
-    if not _is_rank0():  # rank 0 creates the folder; the other ranks write nothing into it
+    if not is_rank0():  # rank 0 creates the folder; the other ranks write nothing into it
         return str(path)
     if truthy(resume):
         if not path.is_dir():
