@@ -80,6 +80,25 @@ def reserve_run_dir(runs_root: str | Path, name: str) -> str:
     raise FileExistsError(f"{root}: 999 runs named {name}-N exist; clean up {root}")
 
 
+def check_output_dir(output_dir: str | Path, output_root: str | Path) -> None:
+    """Refuse ``--output_dir``: in this bundle a run's outputs go under ``--output_root``.
+
+    Model-zoo bundles write to ``output_dir``; here every run writes checkpoints, its config and
+    its MLflow run file to ``<output_root>/runs/<run name>/`` (``output_dir`` is that folder) and
+    MLflow to ``<output_root>/mlflow.db``, so an ``--output_dir`` elsewhere would move only part.
+
+    Raises:
+        ValueError: ``output_dir`` is not a run folder under ``<output_root>/runs``.
+    """
+    runs = (Path(output_root) / "runs").resolve()
+    if Path(output_dir).resolve().parent != runs:
+        raise ValueError(
+            f"--output_dir {output_dir} would move only part of a run's outputs: every run writes to "
+            f"<output_root>/runs/<run name>/ and MLflow to <output_root>/mlflow.db. "
+            f"Pass --output_root {output_dir} instead (and --run_name NAME to name the run)"
+        )
+
+
 def make_run_dir(run_dir: str | Path, resume: bool = False) -> str:
     """The run folder (with ``models/``), created for a new run, reused only with ``resume``.
 

@@ -109,3 +109,10 @@ def test_evaluation_logged_to_the_training_run(evaluated):
     artifacts = {a.path for a in client.list_artifacts(record["run_id"], "evaluation")}
     assert "evaluation/summary.json" in artifacts and "evaluation/per_slice.csv" in artifacts
     assert "evaluation/learning_curves.png" in artifacts
+
+
+@pytest.mark.slow
+def test_evaluation_creates_no_run_folder_of_its_own(evaluated):
+    tmp_path, _ = evaluated
+    runs = [p for p in (tmp_path / "outputs" / "runs").iterdir()]
+    assert len(runs) == 1 and (runs[0] / "models" / "model.pt").is_file(), runs

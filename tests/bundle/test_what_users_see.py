@@ -52,6 +52,7 @@ def _last_line(text: str) -> str:
         ),
         ({"epochs": -1}, "ValueError: --epochs must be a whole number >= 1, not -1"),
         ({"image_size": 62}, "ValueError: --image_size must be divisible by 4"),
+        ({"output_dir": "/tmp/elsewhere"}, "ValueError: --output_dir /tmp/elsewhere would move only part"),
     ],
 )
 def test_the_last_line_is_our_message(tmp_path, overrides, last_line):
