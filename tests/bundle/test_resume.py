@@ -123,6 +123,22 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     resumed = torch.load(models / "final.pt", weights_only=True)["network"]
     for key in base:
         torch.testing.assert_close(resumed[key], base[key], atol=1e-5, rtol=1e-5)
+    # one source of best: model.pt and the export's headline (metadata eval_metrics, from MLflow)
+    from pipeline.export.build import build_metadata
+    from pipeline.export.sources import network_settings, source_from_checkpoint
+
+    headlines = []
+    for run in ("baseline", "killed"):
+        run_models = tmp_path / "outputs" / "runs" / run / "models"
+        source = source_from_checkpoint(run_models / "model.pt")
+        meta = build_metadata(source, network_settings(source.config), TINY["image_size"])
+        headlines.append(meta["eval_metrics"]["best_val_volume_dice"])
+        best = torch.load(run_models / "model.pt", weights_only=True)
+        if run == "baseline":
+            best_baseline = best
+    assert headlines[0] == headlines[1] == round(max(expected["val_volume_dice"].values()), 6)
+    for key in best_baseline:
+        torch.testing.assert_close(best[key], best_baseline[key], atol=1e-5, rtol=1e-5)
     print(f"kill/resume cycles: {kills} (epoch {epoch_seconds:.1f} s), worst metric difference: {worst:.2e}")
 
 
