@@ -3,5 +3,5 @@
 Training and evaluation runs, the guard that keeps MLflow trouble from stopping a run, tracking
 URIs, learning-curve histories and ``python -m pipeline compare``.
 
-Used by every other stage; imports none of them (only ``pipeline.atomic``).
+Used by every other stage; imports none of them (only the shared ``pipeline.atomic`` and ``pipeline.errors``).
 """

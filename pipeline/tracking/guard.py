@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import chain
+
 logger = logging.getLogger(__name__)
 
 # a remote server that does not answer should cost seconds, not MLflow's default minutes:
@@ -40,28 +42,19 @@ _UNAVAILABLE = re.compile(
 )
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """``error`` and its causes (``__cause__`` or else ``__context__``), outermost first."""
-    chain: list[BaseException] = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
 def _is_locked(error: Exception) -> bool:
-    return any("database is locked" in str(e).lower() for e in _chain(error))
+    return any("database is locked" in str(e).lower() for e in chain(error))
 
 
 def _is_unavailable(error: Exception) -> bool:
     return any(
-        isinstance(e, (ConnectionError, TimeoutError)) or _UNAVAILABLE.search(str(e)) for e in _chain(error)
+        isinstance(e, (ConnectionError, TimeoutError)) or _UNAVAILABLE.search(str(e)) for e in chain(error)
     )
 
 
 def _describe(error: Exception) -> str:
     """``Type: first line`` of the innermost cause (MLflow's own message is often a wrapper)."""
-    root = _chain(error)[-1]
+    root = chain(error)[-1]
     lines = [line for line in str(root).splitlines() if line.strip()]
     return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
 
