@@ -49,19 +49,18 @@ class InterruptNotice:
             engine.logger.addFilter(_EmptyExceptionLine())
 
     def resume_command(self) -> str:
-        """The command line of this process with ``--run_name <name> --resume true``."""
-        args, skip = [], False
-        for arg in sys.argv[1:]:
-            if skip:
-                skip = False
-            elif arg in ("--resume", "--run_name"):
-                skip = True
-            elif not arg.startswith(("--resume=", "--run_name=")):
-                args.append(arg)
-        program = (
-            "python -m monai.bundle" if sys.argv[0].endswith(("monai/bundle/__main__.py",)) else "python"
+        """This process's bundle command (configs, overrides) with ``--run_name R --resume true``."""
+        configs, args = _cli_args(drop=("--resume", "--run_name"))
+        words = [*(["--config_file", _config_arg(configs)] if configs else []), *map(_quote, args)]
+        return " ".join(
+            [
+                "python -m monai.bundle run training",
+                *words,
+                "--run_name",
+                _quote(self.run_name),
+                "--resume true",
+            ]
         )
-        return " ".join([program, *map(_quote, args), "--run_name", _quote(self.run_name), "--resume true"])
 
     def __call__(self, engine: Engine, error: BaseException) -> None:
         if not self.enabled or not isinstance(error, KeyboardInterrupt):
