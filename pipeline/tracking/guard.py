@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +60,22 @@ def _describe(error: Exception) -> str:
     return f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def _open_client(uri: str | None) -> Any:
-    """An MlflowClient. MLflow creates and migrates a new SQLite database file without any lock, so
-    two runs starting together on one file race; here one opens it at a time (a file lock)."""
-    import mlflow
+@contextlib.contextmanager
+def creation_lock(uri: str | None) -> Iterator[None]:
+    """Hold a file lock while an MlflowClient is built on a SQLite ``uri`` (a no-op otherwise).
 
+    MLflow creates and migrates a new SQLite database file, when the client is built, without any
+    lock, so two runs starting together on one file race; here one builds it at a time.
+    """
     if not (uri or "").startswith("sqlite:") or os.name == "nt":
-        return mlflow.MlflowClient(tracking_uri=uri)
+        yield
+        return
     import fcntl
 
     digest = hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()
     with open(Path(tempfile.gettempdir()) / f"lgg-mlflow-init-{digest}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, also when this process dies
-        return mlflow.MlflowClient(tracking_uri=uri)
+        yield
 
 
 class MLflowGuard:
@@ -86,11 +90,20 @@ class MLflowGuard:
         if count > 0 and self._started:
             self.failures[what] = self.failures.get(what, 0) + count
 
-    def _call(self, what: str, fn: Callable, *args: Any, count: int = 1, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        what: str,
+        fn: Callable,
+        *args: Any,
+        count: int = 1,
+        reraise: tuple[type[Exception], ...] = (),
+        **kwargs: Any,
+    ) -> Any:
         """Call the MLflow client; retry a locked database, otherwise warn and carry on.
 
         On failure (``self._ok`` False) ``count`` values of ``what`` are counted as not logged and
-        None is returned. While paused only the "final run status" is attempted.
+        None is returned; errors of a ``reraise`` type propagate. While paused only the "final run
+        status" is attempted.
         """
         self._ok = False
         if not self.enabled:
@@ -104,6 +117,8 @@ class MLflowGuard:
                 result = fn(*args, **kwargs)
                 self._ok = True
                 return result
+            except reraise:
+                raise
             except Exception as error:  # MLflow raises many types; none may stop training
                 if _is_locked(error) and attempt < self.retries:
                     time.sleep(delay)

@@ -13,8 +13,8 @@ TRACKING_ALREADY_ON = (
 )
 
 
-def refuse_second_tracker(engine: Engine) -> None:
-    """Refuse, before the first iteration, a second MLflow handler from MONAI's ``--tracking``.
+def refuse_second_tracker(engine: Engine, ours: object = None) -> None:
+    """Refuse, before the first iteration, an MLflow handler other than ``ours`` (MONAI's ``--tracking``).
 
     MONAI's MLFlowHandler would log the trainer's output as the loss and crash on the first
     iteration (the bundle's trainer returns a dict, not MONAI's decollated list); both would also
@@ -24,6 +24,6 @@ def refuse_second_tracker(engine: Engine) -> None:
 
     for handler, *_ in engine._event_handlers.get(Events.STARTED, []):
         owner = getattr(handler, "__self__", None)
-        if isinstance(owner, MLFlowHandler):
+        if isinstance(owner, MLFlowHandler) and owner is not ours:
             uri = os.environ.get("MLFLOW_TRACKING_URI") or "the tracking_uri of train.json"
             raise ValueError(TRACKING_ALREADY_ON.format(uri=uri))

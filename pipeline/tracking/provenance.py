@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
+import ast
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,53 @@ def git_commit(path: str | Path = ".") -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
-def active_bundle_config() -> dict | None:
-    """The merged config (all files and overrides) of the MONAI ConfigParser building this object.
+def command_line_config(argv: Sequence[str] | None = None) -> dict | None:
+    """The merged config (files, then overrides) of a ``python -m monai.bundle run`` command line.
 
-    MONAI gives a config component no handle on its parser; the parser that instantiates us is on
-    the call stack, so we read its raw (unresolved) config there.
+    Rebuilt the way MONAI's ``run`` builds it: the ``--config_file`` files read in order, then
+    every other ``--key value`` applied as an override, each value parsed by ``fire`` as the CLI
+    parses it. MONAI gives a config component no handle on its parser, so the command line is
+    the record of what was run.
+
+    Args:
+        argv: the command line after the program name. Default None reads ``sys.argv[1:]``.
+
+    Returns:
+        The raw (unresolved) merged config, or None when the command names no ``--config_file``
+        (a workflow built in Python, e.g. ``ConfigWorkflow``: its caller holds ``parser.get()``).
     """
+    from fire.parser import DefaultParseValue
+    from monai.bundle import ConfigParser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    files: list[str] = []
+    overrides: dict[str, Any] = {}
+    for i, arg in enumerate(args[:-1]):
+        if not arg.startswith("--"):
+            continue
+        key, value = arg[2:], args[i + 1]
+        if key == "config_file":
+            parsed = ast.literal_eval(value) if value.startswith("[") else value
+            files = [parsed] if isinstance(parsed, str) else list(parsed)
+        elif key not in _RUN_ARGS:
+            overrides[key] = DefaultParseValue(value)
+    if not files:
+        return None
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.update(overrides)
+    return parser.get()
+
+
+def active_bundle_config() -> dict | None:
+    """The merged config of a workflow built in Python (``ConfigWorkflow``), which has no command line.
+
+    MONAI gives a config component no handle on its parser; the parser instantiating the caller
+    is on the call stack, so its raw config is read there. Only the fallback of
+    :func:`bundle_config`: the command line is the record of a ``monai.bundle run``.
+    """
+    import inspect
+
     from monai.bundle import ConfigParser
 
     for frame_info in inspect.stack(context=0):
@@ -40,6 +82,15 @@ def active_bundle_config() -> dict | None:
         if isinstance(candidate, ConfigParser):
             return candidate.get()
     return None
+
+
+def bundle_config() -> dict | None:
+    """The merged config of the running bundle: from the command line, else from the workflow."""
+    return command_line_config() or active_bundle_config()
+
+
+# ``monai.bundle run`` arguments that are not config overrides
+_RUN_ARGS = frozenset({"meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file"})
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

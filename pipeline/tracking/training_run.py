@@ -1,20 +1,23 @@
-"""MLflow tracking of training runs that never costs the training.
+"""MLflow tracking of training runs that never costs the training: MONAI's MLFlowHandler, guarded.
 
-``MLflowTracking`` is one handler object shared by the trainer and the evaluator of a run (the
-config references it from both handler lists), so both log into the same MLflow run:
+One ``MLflowTracking`` is shared by the trainer and the evaluator (both handler lists reference
+it), so both log into one run: the recipe's parameters and tags at start, per-iteration loss and
+learning rate, per-epoch metrics of both engines, the artifacts (merged config, split, best model)
+at completion. MONAI's handler does the experiment, ``max_epochs``/``epoch_length``, the event
+filters, artifact folders and the SQLite release. Added, because MONAI's lacks them:
 
-- trainer: the recipe's parameters and tags (git commit, dataset fingerprint) at start,
-  per-iteration loss and learning rate (buffered, written in batches of ``flush_every``),
-  per-epoch training metrics, and at completion the artifacts (merged config, split, best model);
-- evaluator: its metrics at every validation, at the trainer's epoch.
-
-MLflow trouble never stops training; what was not logged is counted and reported at the end.
-How (retries, a lock around database creation, a circuit breaker): :mod:`pipeline.tracking.guard`.
+- every MLflow call guarded (:mod:`pipeline.tracking.guard`): MONAI's raises, so an outage would
+  stop the training; what was not logged is reported at the end;
+- the client built under a file lock (MLflow migrates a new SQLite file without one);
+- metrics written in batches of ``flush_every`` iterations, not one database write per step;
+- a resumed run continues its own MLflow run by id (``<run_dir>/mlflow_run.json``); MONAI's takes
+  the newest unfinished run of that name, which may be another process's;
+- status KILLED after Ctrl-C and FAILED after an error (MONAI's always says FINISHED);
+- the names ``train_loss_iter``, ``lr`` and ``best_<key metric>``; models under ``models/``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,11 +27,12 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import MLFlowHandler
 
-from pipeline.atomic import write_json
-from pipeline.tracking.guard import MLflowGuard, _open_client
+from pipeline.tracking import run_files
+from pipeline.tracking.guard import MLflowGuard, creation_lock
 from pipeline.tracking.monai_switch import refuse_second_tracker
-from pipeline.tracking.provenance import active_bundle_config, flatten, git_commit
+from pipeline.tracking.provenance import bundle_config, flatten, git_commit
 
 logger = logging.getLogger(__name__)
 
@@ -42,24 +46,43 @@ def shared_handler(handler: Any) -> Any:
     return handler
 
 
-class MLflowTracking(MLflowGuard):
-    """Log a MONAI training workflow to MLflow without ever stopping it.
+def iteration_loss(output: Any) -> float:
+    """The loss of a trainer's iteration output (a dict, or MONAI's decollated list of dicts)."""
+    loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+
+def _artifact_location(uri: str | None) -> str | None:
+    """Artifacts of a SQLite store go to ``mlartifacts/`` beside the database file."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///") :].split("?")[0].removeprefix("file:"))
+    return (db.parent / "mlartifacts").resolve().as_uri()
+
+
+class MLflowTracking(MLflowGuard, MLFlowHandler):
+    """MONAI's MLFlowHandler for a training workflow, which never stops the training.
 
     Args:
         tracking_uri: MLflow tracking URI, e.g. ``sqlite:///outputs/mlflow.db`` or
             ``http://127.0.0.1:5000``. ``MLFLOW_TRACKING_URI`` in the environment overrides it.
         experiment_name: MLflow experiment, created when missing. Default "lgg-segmentation".
         run_name: readable run name. Default None lets MLflow choose.
-        params: recipe parameters to log at start (values stringified, nested dicts flattened).
+        experiment_param: recipe parameters to log at start (values stringified, nested dicts
+            flattened to ``a.b`` names). Default None.
         tags: extra run tags. The git commit is added as ``git_commit`` when there is one.
-        artifacts: files logged when training completes; missing ones are skipped.
+        artifacts: files (or folders) logged when training completes; missing ones are skipped.
         run_dir: the run's output folder; the run id is written to ``<run_dir>/mlflow_run.json``
-            and the merged bundle config to ``<run_dir>/config.json``. Default None.
+            and the merged config of the command line to ``<run_dir>/config.json``. Default None.
         flush_every: iterations between batched writes of per-iteration metrics. Default 50.
         retries: attempts for a locked SQLite database. Default 8 (a few minutes at worst).
-        unavailable_pause: seconds without calls to an unavailable store (:mod:`pipeline.tracking.guard`).
-            Default 300.
-        enabled: False turns the handler into a no-op (e.g. on ranks other than 0). Default True.
+        unavailable_pause: seconds without calls to an unavailable store. Default 300.
+        enabled: False: a no-op that builds no client (ranks other than 0). Default True.
+        iteration_log, epoch_log: MONAI's: log per iteration / per epoch (True, False or an ignite
+            event filter). Default True.
+
+    Raises:
+        ValueError: ``flush_every`` < 1, or a tracking URI MLflow cannot use (a plain folder).
     """
 
     def __init__(
@@ -67,7 +90,7 @@ class MLflowTracking(MLflowGuard):
         tracking_uri: str | None = None,
         experiment_name: str = "lgg-segmentation",
         run_name: str | None = None,
-        params: Mapping[str, Any] | None = None,
+        experiment_param: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         artifacts: Sequence[str] = (),
         run_dir: str | None = None,
@@ -75,44 +98,72 @@ class MLflowTracking(MLflowGuard):
         retries: int = 8,
         unavailable_pause: float = 300.0,
         enabled: bool = True,
+        iteration_log: Any = True,
+        epoch_log: Any = True,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, not {flush_every}")
+        # the guard's state (pipeline.tracking.guard) and what MONAI's methods read, set before
+        # MONAI's constructor, which builds the client last and may fail doing so
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
-        self.experiment_name = experiment_name
-        self.run_name = run_name
-        self.params = dict(params or {})
-        self.tags = dict(tags or {})
-        self.artifacts = [str(a) for a in artifacts if a]
-        self.run_dir = Path(run_dir) if run_dir else None
-        self.flush_every = flush_every
-        self.retries = max(1, retries)
-        self.unavailable_pause = unavailable_pause
-        self.enabled = enabled
-        self.run_id: str | None = None
+        self.enabled, self.retries, self.unavailable_pause = enabled, max(1, retries), unavailable_pause
         self.failures: dict[str, int] = {}  # what was not logged -> how many values
         self.first_error: str | None = None
-        self._paused_until = 0.0
-        self._started = False  # start() ran: from then on what cannot be logged is counted
-        self._ok = True  # the last _call succeeded
-        self._buffer: list[Any] = []
-        self._client = None
-        self._config = active_bundle_config() if enabled else None
+        self._paused_until, self._started, self._ok = 0.0, False, True
+        self.client, self.experiment, self.cur_run, self.run_id = None, None, None, None
+        self.run_finish_status, self.dataset_dict = "FINISHED", None
+        self.run_name, self.experiment_name = run_name, experiment_name
+        self.tags = dict(tags or {})
+        self.experiment_param = {k: str(v)[:6000] for k, v in flatten(experiment_param or {}).items()}
+        self.artifacts = tuple(str(a) for a in artifacts if a)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.flush_every = flush_every
+        self._buffer: list[tuple[str, Any]] = []  # ("iteration" or "epoch", metric)
+        self._kind = "epoch"
+        self._config = bundle_config() if enabled else None
+        if not enabled:
+            return
+        with creation_lock(self.tracking_uri):
+            self._call(
+                "run",
+                MLFlowHandler.__init__,
+                self,
+                tracking_uri=tracking_uri,
+                iteration_log=iteration_log,
+                epoch_log=epoch_log,
+                output_transform=iteration_loss,
+                tag_name="train_loss_iter",
+                experiment_name=experiment_name,
+                run_name=run_name,
+                experiment_param=self.experiment_param,
+                artifacts=self.artifacts,
+                optimizer_param_names=(),  # logged as `lr` (see iteration_completed)
+                artifact_location=_artifact_location(self.tracking_uri),
+                reraise=(ValueError,),
+            )
 
-    # -- plumbing -------------------------------------------------------------------------------
-    def _metrics(self, values: Mapping[str, Any], step: int) -> list[Any]:
+    # -- MONAI's logging calls, guarded and batched ---------------------------------------------
+    def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Buffer the scalar ``metrics`` (others are skipped); written by :meth:`flush`."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        out = []
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    continue
+        for key, value in flatten(metrics).items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
                 value = value.item()
             if isinstance(value, (int, float)):
-                out.append(Metric(key, float(value), stamp, int(step)))
-        return out
+                self._buffer.append((self._kind, Metric(key, float(value), stamp, int(step or 0))))
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        """Log the parameters the run does not hold yet (a resumed run keeps its first values)."""
+        from mlflow.entities import Param
+
+        existing = self._call("params and tags", self.client.get_run, self.run_id, count=0)
+        known = existing.data.params if existing is not None else {}
+        self._log("params and tags", params=[Param(k, str(v)) for k, v in params.items() if k not in known])
+
+    def _delete_exist_param_in_dict(self, param_dict: dict) -> None:
+        """Nothing to do: :meth:`_log_params` skips the parameters already logged."""
 
     def _log(self, what: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
         if not self.enabled or not (metrics or params or tags):
@@ -125,7 +176,7 @@ class MLflowTracking(MLflowGuard):
             first = start == 0
             self._call(
                 what,
-                self._client.log_batch,
+                self.client.log_batch,
                 self.run_id,
                 metrics=chunk,
                 params=list(params) if first else [],
@@ -133,145 +184,98 @@ class MLflowTracking(MLflowGuard):
                 count=len(chunk) + (len(params) + len(tags) if first else 0),
             )
 
+    def flush(self) -> None:
+        """Write the buffered metrics."""
+        buffered, self._buffer = self._buffer, []
+        for kind in ("iteration", "epoch"):  # the end-of-run report counts them apart
+            self._log(f"{kind} metric values", metrics=[m for k, m in buffered if k == kind])
+
     # -- ignite ---------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
-        """Attach to a trainer or to an evaluator; attaching twice is a no-op."""
+        """Attach to a trainer (MONAI's events and EXCEPTION_RAISED) or to an evaluator (its epoch
+        metrics only); attaching twice is a no-op."""
         from monai.engines import Trainer
 
+        if not self.enabled:
+            return
         # MONAI attaches handlers before the trainer has its optimizer attribute: test the class
         if isinstance(engine, Trainer):
-            handlers = [
-                (Events.STARTED, self.start),
-                (Events.ITERATION_COMPLETED, self.iteration_completed),
-                (Events.EPOCH_COMPLETED, self.epoch_completed),
-                (Events.COMPLETED, self.completed),
-                (Events.EXCEPTION_RAISED, self.exception_raised),
-            ]
-        else:
-            handlers = [(Events.EPOCH_COMPLETED, self.epoch_completed)]
-        for event, handler in handlers:
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
+            super().attach(engine)
+            if not engine.has_event_handler(self.exception_raised, Events.EXCEPTION_RAISED):
+                engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
+        elif not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
-    def _experiment_id(self) -> str | None:
-        experiment = self._call("run", self._client.get_experiment_by_name, self.experiment_name)
-        if experiment is None and self._ok:  # missing: create it
-            location = None
-            if self.tracking_uri and self.tracking_uri.startswith("sqlite:///"):
-                db = Path(self.tracking_uri[len("sqlite:///") :].split("?")[0].removeprefix("file:"))
-                location = (db.parent / "mlartifacts").resolve().as_uri()
-            try:
-                self._client.create_experiment(self.experiment_name, location)
-            except Exception:  # e.g. created by another run at the same moment: read it back
-                pass
-            experiment = self._call("run", self._client.get_experiment_by_name, self.experiment_name)
-        return experiment.experiment_id if experiment is not None else None
-
-    def start(self, engine: Engine | None = None) -> None:
+    def start(self, engine: Engine) -> None:
         """Open (or, when ``<run_dir>/mlflow_run.json`` names one, continue) the MLflow run.
 
         Raises:
             ValueError: MONAI's own MLFlowHandler is attached too (``--tracking mlflow``).
         """
-        if engine is not None:
-            refuse_second_tracker(engine)
+        refuse_second_tracker(engine, self)
         if not self.enabled or self.run_id is not None:
             return
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
         self._started = True
-        self._save_config()
-        tags = dict(self.tags)
+        if self.run_dir is not None and self._config is not None:  # with or without MLflow
+            path = str(run_files.write_config(self.run_dir, self._config))
+            self.artifacts = (*self.artifacts, path) if path not in self.artifacts else self.artifacts
         commit = git_commit(Path(__file__).resolve().parent)
-        if commit:
-            tags["git_commit"] = commit
-        params = {k: str(v)[:6000] for k, v in flatten(self.params).items()}
-        self._client = self._call("run", _open_client, self.tracking_uri)
-        experiment_id = self._experiment_id() if self._ok else None
-        run_id = self._previous_run_id() if experiment_id is not None else None
-        if experiment_id is not None and run_id is None:
-            run = self._call("run", self._client.create_run, experiment_id, run_name=self.run_name)
-            run_id = run.info.run_id if run is not None else None
-        elif run_id is not None:
-            self._call("run", self._client.update_run, run_id, status="RUNNING")
-        if run_id is None:
+        tags = {**self.tags, **({"git_commit": commit} if commit else {})}
+        if self.client is not None:
+            self._call("run", self._set_experiment)  # MONAI's: find or create the experiment
+        if self.experiment is not None:
+            previous = run_files.recorded_run_id(self.run_dir)
+            if previous is not None:  # a resumed run: its own MLflow run, marked running again
+                self._call("run", self.client.update_run, previous, status="RUNNING")
+                self.cur_run = self._call("run", self.client.get_run, previous) if self._ok else None
+            else:
+                run = (self.experiment.experiment_id, None, None, self.run_name)
+                self.cur_run = self._call("run", self.client.create_run, *run)
+        if self.cur_run is None:
             if self._ok:  # nothing failed, yet no run (an experiment that cannot be read back)
                 self._not_logged("run", 1)
-            self._not_logged("params and tags", len(params) + len(tags))
+            self._not_logged("params and tags", len(self.experiment_param or {}) + len(tags))
             return
-        self.run_id = run_id
-        self._save_run_file()
-        existing = self._call("params and tags", self._client.get_run, run_id, count=0)
-        known = existing.data.params if existing is not None else {}
-        self._log(
-            "params and tags",
-            params=[Param(k, v) for k, v in params.items() if k not in known],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
-        )
-        logger.info("MLflow: run %s (%s) at %s", self.run_name, run_id, self.tracking_uri)
-
-    def _previous_run_id(self) -> str | None:
-        path = self.run_dir / "mlflow_run.json" if self.run_dir else None
-        if path is None or not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())["run_id"]
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def _save_config(self) -> None:
-        """The merged config into the run folder, logged as an artifact: with or without MLflow."""
-        if self.run_dir is None or self._config is None:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", self._config)
-        if str(self.run_dir / "config.json") not in self.artifacts:
-            self.artifacts.append(str(self.run_dir / "config.json"))
-
-    def _save_run_file(self) -> None:
-        if self.run_dir is None:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "run_id": self.run_id,
-            "tracking_uri": self.tracking_uri,
-            "experiment": self.experiment_name,
-        }
-        write_json(self.run_dir / "mlflow_run.json", record)
+        self.run_id = self.cur_run.info.run_id
+        if self.run_dir is not None:
+            run_files.write_run_record(self.run_dir, self.run_id, self.tracking_uri, self.experiment_name)
+        super().start(engine)  # MONAI's: the experiment parameters, max_epochs and epoch_length
+        self._log("params and tags", tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        logger.info("MLflow: run %s (%s) at %s", self.run_name, self.run_id, self.tracking_uri)
 
     def iteration_completed(self, engine: Engine) -> None:
-        output = engine.state.output
-        loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
-        values = {"train_loss_iter": float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)}
-        for i, group in enumerate(engine.optimizer.param_groups):
-            values[f"lr_group_{i}" if i else "lr"] = float(group["lr"])
-        self._buffer.extend(self._metrics(values, engine.state.iteration))
+        """MONAI's iteration log (the loss as ``train_loss_iter``), the learning rates as ``lr``
+        (``lr_group_<i>`` for further groups), written every ``flush_every`` iterations."""
+        self._kind = "iteration"
+        super().iteration_completed(engine)
+        lrs = {f"lr_group_{i}" if i else "lr": g["lr"] for i, g in enumerate(engine.optimizer.param_groups)}
+        self._log_metrics(lrs, step=engine.state.iteration)
         if engine.state.iteration % self.flush_every == 0:
             self.flush()
 
-    def flush(self) -> None:
-        buffered, self._buffer = self._buffer, []
-        self._log("iteration metric values", metrics=buffered)
-
     def epoch_completed(self, engine: Engine) -> None:
-        if hasattr(engine, "optimizer"):  # the trainer (attached handlers run after __init__)
-            self.flush()
-        metrics = dict(engine.state.metrics)
+        """MONAI's epoch log of ``engine.state.metrics``, plus ``best_<key metric>`` from an
+        evaluator; written at once, so a checkpoint never covers an epoch MLflow lacks."""
+        self._kind = "epoch"
+        super().epoch_completed(engine)
         best = getattr(engine.state, "best_metric", None)
-        if best is not None and best > -1:
-            metrics["best_" + (getattr(engine.state, "key_metric_name", None) or "metric")] = best
-        self._log("epoch metric values", metrics=self._metrics(metrics, engine.state.epoch))
-
-    def completed(self, engine: Engine | None = None) -> None:
-        """Flush and log the artifacts (merged config, split file, best model)."""
+        if engine.state.metrics and best is not None and best > -1:
+            name = "best_" + (getattr(engine.state, "key_metric_name", None) or "metric")
+            self._log_metrics({name: best}, step=engine.state.epoch)
         self.flush()
-        files = [path for path in self.artifacts if Path(path).is_file()]
+
+    def complete(self) -> None:
+        """Flush and log the artifacts (merged config, split file, best model under ``models/``)."""
+        self.flush()
+        files = [path for path in self._parse_artifacts() if Path(path).is_file()]
         if self.run_id is None:
             self._not_logged("artifacts", len(files))
             return
         for path in files:
             subdir = "models" if path.endswith((".pt", ".ts", ".onnx")) else None
-            self._call("artifacts", self._client.log_artifact, self.run_id, path, subdir)
+            self._call("artifacts", self.client.log_artifact, self.run_id, path, subdir)
 
     def exception_raised(self, engine: Engine, error: BaseException) -> None:
         self.flush()
@@ -279,10 +283,13 @@ class MLflowTracking(MLflowGuard):
         raise error
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the MLflow run and report anything that could not be logged."""
-        if self.run_id is not None:
+        """End the MLflow run with ``status`` and report anything that could not be logged."""
+        if self.run_id is not None and self.cur_run is not None:
             self.flush()
-            self._call("final run status", self._client.set_terminated, self.run_id, status)
+            self._call("final run status", self.client.set_terminated, self.run_id, status)
+            self.cur_run = None
+        if self.client is not None:
+            self._call("final run status", self._dispose_sqlite_store, count=0)
         if self.failures:
             logger.warning(
                 "MLflow: not logged to %s (%s): %s. The checkpoints and %s hold the results.",

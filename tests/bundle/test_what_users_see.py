@@ -102,9 +102,14 @@ def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tmp_path):
     command = [sys.executable, *command[1:], "--epochs", "2"]
     resumed = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (
-        MlflowClient(tracking_uri=record["tracking_uri"]).get_run(record["run_id"]).info.status == "FINISHED"
-    )
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    # the merged config, rebuilt from the command line (files, then overrides), is in the run
+    # folder and in the MLflow run; the resume's `--epochs 2` and the typed values included
+    config = json.loads((models.parent / "config.json").read_text())
+    assert config["epochs"] == 2 and config["network_def"]["n_filters"] == 2 and config["run_name"] == "long"
+    assert config["show_progress"] is False and config["network_def"]["depth"] == 3
+    assert "config.json" in {a.path for a in client.list_artifacts(record["run_id"])}
 
 
 @pytest.mark.slow
