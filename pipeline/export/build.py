@@ -116,7 +116,10 @@ def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]
     torch.save(network.state_dict(), out / "models" / "model.pt")
     meta = build_metadata(source, settings, image_size)
     _write_json(out / "configs" / "metadata.json", meta)
-    _write_json(out / "configs" / "inference.json", standalone_inference_config(image_size))
+    _write_json(
+        out / "configs" / "inference.json",
+        standalone_inference_config(image_size, training_config=source.config),
+    )
     train = {k: v for k, v in source.config.items() if k != "_meta_"}
     _write_json(out / "configs" / "train.json", dict(train, bundle_root="."))
     shutil.copy(BUNDLE / "configs" / "evaluate.json", out / "configs" / "evaluate.json")

@@ -14,10 +14,10 @@ The bundle folder (and a .zip of it beside the folder) follows the MONAI bundle 
     LICENSE
 
 Why the exported inference.json needs no code of ours: the network is the TorchScript file
-(``torch.jit.load``), and the preprocessing is spelled with MONAI transforms that compute what
-:func:`pipeline.inference.workflow.tiff_preprocessing` computes. PILReader is used with
-``reverse_indexing=False`` (MONAI's default swaps rows and columns; our TiffReader keeps
-tifffile's order) and PILWriter likewise. The probabilities go back to the slice's size through
+(``torch.jit.load``), and the preprocessing is the training chain rewritten for MONAI alone
+(:func:`pipeline.inference.preprocessing.standalone_transforms`: PILReader with
+``reverse_indexing=False``, as MONAI's default swaps rows and columns); PILWriter likewise.
+The probabilities go back to the slice's size through
 ``Invertd`` of a bilinear resize recorded on a copy of the image (``geometry``), which is what
 :class:`pipeline.inference.writers.MaskWriter` does (bilinear, align_corners False), then ``> threshold``.
 """
@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
+
+from pipeline.inference.preprocessing import standalone_transforms
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundle"
@@ -50,8 +53,15 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def standalone_inference_config(image_size: int, threshold: float = 0.5) -> dict:
-    """inference.json of the exported bundle: MONAI + torch only, TIFF slices in, TIFF masks out."""
+def standalone_inference_config(image_size: int, threshold: float = 0.5, training_config: Any = None) -> dict:
+    """inference.json of the exported bundle: MONAI + torch only, TIFF slices in, TIFF masks out.
+
+    Args:
+        image_size: side of the square the network sees.
+        threshold: probability above which a pixel is lesion. Default 0.5.
+        training_config: the training config whose preprocessing chain the bundle gets (a path
+            or a dict: a run's merged config.json). Default None: bundle/configs/train.json.
+    """
     return {
         "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
@@ -66,28 +76,7 @@ def standalone_inference_config(image_size: int, threshold: float = 0.5) -> dict
         "network": "$@network_def.to(@device)",
         "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@dataset_dir, '**', '*.tif'), "
         "recursive=True)) if not f.endswith('_mask.tif')]",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {
-                    "_target_": "LoadImaged",
-                    "keys": "image",
-                    "reader": "PILReader",
-                    "reverse_indexing": False,
-                    "image_only": True,
-                },
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {"_target_": "CopyItemsd", "keys": "image", "names": "geometry"},
-                {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
-                {
-                    "_target_": "Resized",
-                    "keys": ["image", "geometry"],
-                    "spatial_size": ["@image_size", "@image_size"],
-                    "mode": ["area", "bilinear"],
-                },
-                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32", "track_meta": False},
-            ],
-        },
+        "preprocessing": {"_target_": "Compose", "transforms": standalone_transforms(training_config)},
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {
             "_target_": "DataLoader",

@@ -6,8 +6,8 @@ finds kaggle_3m TIFF patient folders and 3-D volumes (NIfTI, NRRD, MetaImage, DI
 network; :class:`MaskWriter` writes each input's masks in its own format and
 ``lesion_volumes.csv``.
 
-Per slice, as in training: min-max scaling to [0, 1] over the slice (all channels together),
-resize to ``image_size`` (area).
+Per slice, as in training (the chain of train.json, :mod:`pipeline.inference.preprocessing`):
+min-max scaling to [0, 1] over the slice (all channels together), resize to ``image_size`` (area).
 
 - :mod:`pipeline.inference.inputs`: the inputs accepted, finding and reading them, and the decisions on
   volumes (slice axis, orientation, channels, bad volumes).
@@ -28,18 +28,11 @@ import torch
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
-from monai.transforms import (
-    Activationsd,
-    Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    Resized,
-    ScaleIntensityd,
-)
+from monai.transforms import Activationsd, Compose
 
 import transforms
 from pipeline.inference.inputs import CHANNELS, InferenceInput, find_inputs, read_volume
+from pipeline.inference.preprocessing import image_preprocessing
 from pipeline.inference.writers import CSV_NAME, MaskWriter
 
 __all__ = [
@@ -56,23 +49,10 @@ __all__ = [
 def tiff_preprocessing(image_size: int = 256) -> Compose:
     """The training preprocessing of an image (train.json ``deterministic_transforms``, image only).
 
-    bundle/configs/inference.json spells the same chain out as ``preprocessing``; a test keeps
-    the two and train.json in agreement.
-
     Args:
         image_size: side of the square the network sees. Default 256.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, not {image_size!r}")
-    return Compose(
-        [
-            LoadImaged(keys="image", reader=transforms.TiffReader(), image_only=True, dtype=None),
-            EnsureChannelFirstd(keys="image"),
-            ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
-            Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
-            EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
-        ]
-    )
+    return image_preprocessing(image_size)
 
 
 def _tiff_shape(path: Path) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import tifffile
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -25,22 +26,6 @@ def parser_of(name: str, **overrides) -> ConfigParser:
     return parser
 
 
-def image_only(transform: dict) -> dict:
-    """A train.json transform restricted to the image key (per-key lists reduced to the image's entry)."""
-    keys = transform["keys"] if isinstance(transform["keys"], list) else [transform["keys"]]
-    index = keys.index("image")
-    restricted = dict(transform, keys=["image"])
-    for name, value in transform.items():
-        if name != "keys" and name != "spatial_size" and isinstance(value, list) and len(value) == len(keys):
-            restricted[name] = value[index]
-    return restricted
-
-
-def with_key_list(transform: dict) -> dict:
-    keys = transform["keys"]
-    return dict(transform, keys=keys if isinstance(keys, list) else [keys])
-
-
 def write_slice(path: Path, seed: int = 0, shape=(40, 48)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -49,17 +34,10 @@ def write_slice(path: Path, seed: int = 0, shape=(40, 48)) -> None:
 
 def test_tiff_preprocessing_is_the_training_one(tmp_path):
     train, infer = parser_of("train.json"), parser_of("inference.json")
-    train_chain = [
-        image_only(t)
-        for t in train["deterministic_transforms"]
-        if "image" in (t["keys"] if isinstance(t["keys"], list) else [t["keys"]])
-    ]
-    infer_chain = [with_key_list(t) for t in infer["preprocessing"]["transforms"]]
-    assert infer_chain == train_chain
     assert infer["network_def"] == train["network_def"]
     assert infer["image_size"] == train["image_size"]
 
-    # the same numbers, from the configs, the Python mirror, and the volume-slice path
+    # the same numbers, from the configs, the Python entry point, and the volume-slice path
     image = tmp_path / "TCGA_AA_0001_20000101" / "TCGA_AA_0001_20000101_1.tif"
     write_slice(image)
     mask = image.with_name("TCGA_AA_0001_20000101_1_mask.tif")
@@ -69,13 +47,45 @@ def test_tiff_preprocessing_is_the_training_one(tmp_path):
         "image"
     ]
     assert tuple(expected.shape) == (3, 32, 32)
+    # independently: min-max over the slice, then area resize (= mean over 40/32 x 48/32 cells)
+    raw = np.moveaxis(tifffile.imread(image), -1, 0).astype(np.float32)
+    scaled = (raw - raw.min()) / (raw.max() - raw.min())
+    area = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(scaled)[None], (32, 32))[0]
+    torch.testing.assert_close(expected, area, rtol=0, atol=1e-5)
     from_config = infer.get_parsed_content("preprocessing")({"image": str(image)})["image"]
     from_python = tiff_preprocessing(32)({"image": str(image)})["image"]
-    raw = np.moveaxis(tifffile.imread(image), -1, 0).astype(np.float32)
     from_slice = infer.get_parsed_content("slice_preprocessing")({"image": raw})["image"]
     for result in (from_config, from_python, from_slice):
         assert type(result) is torch.Tensor and result.dtype == torch.float32
         torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+
+
+def test_the_preprocessing_is_defined_once_in_train_json(tmp_path):
+    """A change to train.json's chain reaches inference.json, Python inference and the export."""
+    import json
+
+    from pipeline.inference.preprocessing import standalone_transforms
+
+    config = json.loads((CONFIGS / "train.json").read_text())
+    (scale,) = [t for t in config["deterministic_transforms"] if t["_target_"] == "ScaleIntensityd"]
+    scale["maxv"] = 2.0
+    changed = tmp_path / "train.json"
+    changed.write_text(json.dumps(config))
+    image = tmp_path / "p" / "p_1.tif"
+    write_slice(image)
+    infer = parser_of("inference.json", image_size=32, training_config=str(changed))
+    out = infer.get_parsed_content("preprocessing")({"image": str(image)})["image"]
+    assert float(out.max()) == pytest.approx(2.0, abs=0.05) and float(out.min()) >= 0.0
+    default = parser_of("inference.json", image_size=32).get_parsed_content("preprocessing")
+    torch.testing.assert_close(out, 2.0 * default({"image": str(image)})["image"], rtol=0, atol=1e-5)
+    exported = [t for t in standalone_transforms(changed) if t["_target_"] == "ScaleIntensityd"]
+    assert exported == [{"_target_": "ScaleIntensityd", "keys": ["image"], "minv": 0.0, "maxv": 2.0}]
+    # the exported chain: no mask, MONAI's PIL reader, the geometry copy resized bilinear
+    chain = standalone_transforms()
+    assert all("label" not in t["keys"] and not t["_target_"].startswith("transforms.") for t in chain)
+    assert chain[0]["reader"] == "PILReader" and chain[0]["reverse_indexing"] is False
+    (resize,) = [t for t in chain if t["_target_"] == "Resized"]
+    assert resize["keys"] == ["image", "geometry"] and resize["mode"] == ["area", "bilinear"]
 
 
 def test_bundle_workflow_infers_tiff_and_nifti(tmp_path):
