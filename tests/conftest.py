@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import pytest
+
+from tests.support import free_port, wait_until_up
 
 
 @pytest.fixture(scope="module")
@@ -11,3 +17,40 @@ def mlflow_client(tmp_path_factory):
     """A client of a SQLite tracking database for the module: creating its schema takes seconds."""
     folder = tmp_path_factory.mktemp("mlflow")
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` (SQLite store, proxied artifacts) on 127.0.0.1; its URL. Stopped after."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [
+        str(mlflow),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        f"127.0.0.1:{port},localhost:{port}",
+    ]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

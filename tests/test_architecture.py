@@ -33,8 +33,8 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path, module: str | None = None) -> set[str]:
-    """Every ``pipeline...`` name that ``path`` imports, at top level or inside functions.
+def imported_modules(path: Path, module: str | None = None, top: str = "pipeline") -> set[str]:
+    """Every ``pipeline...`` (or other ``top``) name that ``path`` imports, anywhere in it.
 
     ``module`` is the dotted name of the file (default: from its place under the repository).
     """
@@ -52,7 +52,7 @@ def imported_modules(path: Path, module: str | None = None) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name == "pipeline" or name.startswith("pipeline.")}
+    return {name for name in found if name == top or name.startswith(f"{top}.")}
 
 
 def stage_of(module: str) -> str | None:
@@ -154,3 +154,14 @@ def test_imports_are_found_anywhere_in_a_module(tmp_path, source, expected):
     path = tmp_path / "probe.py"
     path.write_text(source)
     assert imported_modules(path, "pipeline.export.probe") == expected
+
+
+def test_test_modules_import_no_other_test_module():
+    """Shared test code is in support modules and conftest fixtures, not in other test modules."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for name in imported_modules(path, top="tests")
+        if any(part.startswith("test_") for part in name.split("."))
+    ]
+    assert offenders == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bundle.test_train_bundle import TINY
+from tests.support import TINY, free_port, world_of_one_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
@@ -66,28 +65,6 @@ def record_ranks(trainer, sampler, evaluator, network, data, out_dir: str) -> No
     trainer.add_event_handler(Events.COMPLETED, completed)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def world_of_one_workflow(monkeypatch, bundle_root: Path, **overrides):
-    """train.json + multi_gpu_train.json as a ConfigWorkflow in a torchrun-like world of one process."""
-    from monai.bundle import ConfigWorkflow
-
-    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    for name, value in dict(env, MASTER_PORT=str(_free_port())).items():
-        monkeypatch.setenv(name, value)
-    return ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        **dict(TINY, bundle_root=str(bundle_root), **overrides),
-    )
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
@@ -110,7 +87,7 @@ def job(tmp_path_factory):
         f"--nproc_per_node={WORLD}",
         "--nnodes=1",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "monai.bundle",
         "run",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from networks import UNet
-from tests.bundle.test_train_bundle import CONFIGS, TINY, run_bundle
+from tests.support import CONFIGS, TINY, run_bundle
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.bundle.test_train_bundle import TINY, run_bundle
+from tests.support import TINY, run_bundle, world_of_one_workflow
 
 SHORT = {"epochs": 1, "phantom_patients": 2}
 
@@ -198,8 +198,6 @@ def test_multi_gpu_overlay_takes_the_options(tmp_path, phantom, monkeypatch):
     """multi_gpu_train.json in a world of one: DDP over a channels-last network, options on."""
     from monai.data import ThreadDataLoader
     from torch.nn.parallel import DistributedDataParallel
-
-    from tests.bundle.test_distributed import world_of_one_workflow
 
     options = {"amp": True, "channels_last": True, "augment_on_device": True}
     workflow = world_of_one_workflow(monkeypatch, tmp_path, phantom_dir=phantom, **SHORT, **options)

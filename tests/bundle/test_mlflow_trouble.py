@@ -26,8 +26,7 @@ import pytest
 import torch
 
 from pipeline.data.phantom import generate_dataset
-from tests.bundle.test_train_bundle import CONFIGS, TINY
-from tests.pipeline.tracking.test_compare import free_port, wait_until_up
+from tests.support import CONFIGS, TINY, free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH_METRICS = ("train_loss", "val_volume_dice", "val_dice", "val_bce", "val_dice_loss")

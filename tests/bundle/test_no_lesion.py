@@ -10,7 +10,7 @@ import tifffile
 import torch
 
 from pipeline.data.phantom import generate_dataset
-from tests.bundle.test_train_bundle import run_bundle
+from tests.support import run_bundle
 
 
 @pytest.mark.slow

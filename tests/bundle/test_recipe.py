@@ -52,14 +52,3 @@ def test_recipe_hyperparameters_are_the_tutorials():
             assert transform["mode"][1] in ("nearest", "nearest-exact")
     flip = next(t for t in parser["augmentations"] if t["_target_"] == "RandFlipd")
     assert flip["spatial_axis"] == 1
-
-
-def one_cycle_lr(step: int, total: int, max_lr: float) -> float:
-    """OneCycleLR's documented defaults: cosine, 30% warm-up from max_lr/25, down to max_lr/25/1e4."""
-    initial, final = max_lr / 25, max_lr / 25 / 1e4
-    up_end = 0.3 * total - 1
-    if step <= up_end:
-        pct, start, end = step / up_end, initial, max_lr
-    else:
-        pct, start, end = (step - up_end) / (total - 1 - up_end), max_lr, final
-    return end + (start - end) / 2 * (1 + math.cos(math.pi * pct))

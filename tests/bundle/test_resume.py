@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from pipeline.data.phantom import generate_dataset
-from tests.bundle.test_train_bundle import CONFIGS, TINY, run_bundle
+from tests.support import CONFIGS, TINY, bundle_command, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
@@ -26,19 +25,7 @@ METRICS = ("val_volume_dice", "best_val_volume_dice", "val_dice", "val_bce", "va
 
 
 def _command(bundle_root: Path, run_name: str, resume: bool) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        str(CONFIGS / "train.json"),
-    ]
-    settings = dict(TINY, epochs=EPOCHS, bundle_root=str(bundle_root), run_name=run_name, resume=resume)
-    for key, value in settings.items():
-        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return args
+    return bundle_command(bundle_root, epochs=EPOCHS, run_name=run_name, resume=resume)
 
 
 def _metrics(bundle_root: Path, run_name: str) -> dict[str, dict[int, float]]:

@@ -5,29 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.data.phantom import generate_dataset
-from tests.bundle.test_train_bundle import CONFIGS, TINY
+from tests.support import TINY, bundle_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(bundle_root: Path, **overrides) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        str(CONFIGS / "train.json"),
-    ]
-    for key, value in dict(TINY, epochs=1, bundle_root=str(bundle_root), **overrides).items():
-        args += [f"--{key}", str(value)]
+    args = bundle_command(bundle_root, **dict(dict(epochs=1), **overrides))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

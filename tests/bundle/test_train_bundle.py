@@ -13,40 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bundle.test_recipe import one_cycle_lr
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "bundle" / "configs"
-
-TINY = {
-    "epochs": 2,
-    "image_size": 64,
-    "phantom_patients": 4,
-    "network_def#n_filters": 2,
-    "network_def#depth": 3,
-    "num_workers": 0,
-    "show_progress": False,
-    "batch_size": 4,
-    "val_batch_size": 8,
-}
-
-
-def run_bundle(tmp_path: Path, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    settings = dict(TINY, bundle_root=str(tmp_path), **overrides)
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        **settings,
-    )
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    workflow.run()
-    workflow.finalize()
-    return workflow
+from tests.support import one_cycle_lr, run_bundle
 
 
 @pytest.fixture(scope="module")

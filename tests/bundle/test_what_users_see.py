@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.phantom import generate_dataset
-from tests.bundle.test_train_bundle import CONFIGS, TINY
+from tests.support import TINY, bundle_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _command(bundle_root: Path, **overrides) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        str(CONFIGS / "train.json"),
-    ]
-    for key, value in dict(TINY, bundle_root=str(bundle_root), **overrides).items():
-        args += [f"--{key}", str(value)]
-    return args
+    return bundle_command(bundle_root, **overrides)
 
 
 def _env() -> dict:

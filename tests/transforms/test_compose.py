@@ -78,7 +78,7 @@ def test_train_chain_caches_everything_and_the_loader_augments():
     from monai.bundle import ConfigParser
     from monai.transforms import Randomizable
 
-    from tests.bundle.test_recipe import CONFIGS
+    from tests.support import CONFIGS
     from transforms import BatchAugmentation
 
     parser = ConfigParser()

@@ -15,7 +15,7 @@ import tifffile
 
 import pipeline.data.checks
 from pipeline.data.checks import check_dataset
-from tests.pipeline.data.test_data import PATIENT_A, PATIENT_B, SIZE, make_patient, write_tif
+from tests.pipeline.data.support import PATIENT_A, PATIENT_B, SIZE, make_patient, write_tif
 
 REPO = Path(__file__).resolve().parents[3]
 P = PATIENT_A

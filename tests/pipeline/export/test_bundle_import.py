@@ -27,7 +27,6 @@ from pipeline.export.layout import MODEL_FILES, sha256
 from pipeline.export.pickle_scan import check_torch_file, pickle_globals
 from pipeline.export.safe_import import import_bundle
 from pipeline.export.unzip import BundleImportError
-from tests.pipeline.export.test_export import exported, phantom, run_dir  # noqa: F401 (fixtures)
 
 TOP = "lgg_unet_bundle"
 

@@ -13,9 +13,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -29,62 +27,8 @@ from pipeline.export.build import export_bundle
 from pipeline.export.layout import MODEL_FILES, sha256, standalone_inference_config
 from pipeline.export.sources import source_from_checkpoint
 from pipeline.export.verify import verify_bundle
-from pipeline.inference.workflow import run_inference, tiff_preprocessing
-
-ROOT = Path(__file__).resolve().parents[3]
-IMAGE_SIZE = 64
-NETWORK = {
-    "_target_": "networks.UNet",
-    "channels_in": 3,
-    "n_classes": 1,
-    "depth": 3,
-    "n_filters": 2,
-    "dropout": 0.6,
-}
-
-
-def phantom_slices(folder: Path) -> torch.Tensor:
-    files = sorted(folder.glob("*/*.tif"), key=lambda p: p.stem)
-    files = [f for f in files if not f.stem.endswith("_mask")]
-    chain = tiff_preprocessing(IMAGE_SIZE)
-    return torch.stack([chain({"image": str(f)})["image"] for f in files])
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from pipeline.data.phantom import generate_dataset
-
-    folder = tmp_path_factory.mktemp("phantom") / "data"
-    generate_dataset(folder, n_patients=1, seed=3, workers=1)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, phantom) -> Path:
-    """A run folder as training leaves it: models/model.pt, config.json and an evaluation summary."""
-    run = tmp_path_factory.mktemp("runs") / "unet-test"
-    (run / "models").mkdir(parents=True)
-    torch.manual_seed(0)
-    network = UNet(**{k: v for k, v in NETWORK.items() if k != "_target_"}).eval()
-    with torch.no_grad():
-        logits = network(phantom_slices(phantom))
-        network.head.bias -= torch.quantile(logits.flatten()[::7], 0.8)
-    torch.save(network.state_dict(), run / "models" / "model.pt")
-    config = json.loads((ROOT / "bundle" / "configs" / "train.json").read_text())
-    config.update(network_def=NETWORK, image_size=IMAGE_SIZE, bundle_root=str(run.parent), epochs=2)
-    (run / "config.json").write_text(json.dumps(config))
-    summary = {"n_patients": 3, "aggregates": {"threshold": {"dice": {"mean": 0.61, "median": 0.7}}}}
-    (run / "evaluation").mkdir()
-    (run / "evaluation" / "summary.json").write_text(json.dumps(summary))
-    return run
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, run_dir) -> tuple[Path, Path, float]:
-    out = tmp_path_factory.mktemp("export") / "lgg_unet_bundle"
-    started = time.perf_counter()
-    bundle, archive = export_bundle(source_from_checkpoint(run_dir / "models" / "model.pt"), out)
-    return bundle, archive, time.perf_counter() - started
+from pipeline.inference.workflow import run_inference
+from tests.pipeline.export.support import IMAGE_SIZE, NETWORK, ROOT, phantom_slices
 
 
 def test_bundle_layout_zip_and_metadata(exported, run_dir):

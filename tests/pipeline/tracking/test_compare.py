@@ -4,12 +4,7 @@ logged to a real ``mlflow server`` process (slow)."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -86,63 +81,7 @@ def test_cli_reads_the_environment_uri_and_reports_unknown_experiments(
     assert cli.main(["compare", "--runs", "0123456789abcdef", "--out", str(tmp_path / "e.png")]) == 1
 
 
-# -- a real tracking server ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server not up after {seconds} s:\n{log.read_text()[-2000:]}")
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    log = tmp_path / "server.log"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    command = [
-        str(mlflow),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--allowed-hosts",
-        f"127.0.0.1:{port},localhost:{port}",
-    ]
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, process, log)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+# -- a real tracking server (the mlflow_server fixture is in tests/conftest.py) ---------------
 
 
 def rest_search(url: str, experiment_id: str) -> dict:
@@ -159,7 +98,7 @@ def test_two_bundle_runs_on_a_tracking_server_are_compared(mlflow_server, tmp_pa
     from mlflow import MlflowClient
 
     from pipeline.data.phantom import generate_dataset
-    from tests.bundle.test_train_bundle import run_bundle
+    from tests.support import run_bundle
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     phantom = tmp_path / "phantom"
