@@ -82,9 +82,29 @@ class MLflowGuard:
     """Guarded MLflow calls, the base of :class:`pipeline.tracking.training_run.MLflowTracking`.
 
     The subclass sets the state used here: ``enabled``, ``tracking_uri``, ``retries``,
-    ``unavailable_pause``, ``failures``, ``first_error``, ``_paused_until``, ``_started`` and
-    ``_ok`` (see its constructor).
+    ``unavailable_pause``, ``failures``, ``first_error``, ``_paused_until``, ``_started``,
+    ``_ok``, ``client`` and ``run_id`` (see its constructor).
     """
+
+    def _log(self, what: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
+        """``client.log_batch`` to ``run_id``, guarded, in chunks of MLflow's limit of 1000 metrics."""
+        if not self.enabled or not (metrics or params or tags):
+            return
+        if self.run_id is None:  # no run (MLflow failed at start): count what it would have held
+            self._not_logged(what, len(metrics) + len(params) + len(tags))
+            return
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow's batch limit is 1000 metrics
+            chunk = list(metrics[start : start + 1000])
+            first = start == 0
+            self._call(
+                what,
+                self.client.log_batch,
+                self.run_id,
+                metrics=chunk,
+                params=list(params) if first else [],
+                tags=list(tags) if first else [],
+                count=len(chunk) + (len(params) + len(tags) if first else 0),
+            )
 
     def _not_logged(self, what: str, count: int) -> None:
         if count > 0 and self._started:

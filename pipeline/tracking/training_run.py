@@ -33,6 +33,7 @@ from pipeline.tracking import run_files
 from pipeline.tracking.guard import MLflowGuard, creation_lock
 from pipeline.tracking.monai_switch import refuse_second_tracker
 from pipeline.tracking.provenance import bundle_config, flatten, git_commit
+from pipeline.tracking.run_inputs import SystemMetrics, dataset_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         enabled: False: a no-op that builds no client (ranks other than 0). Default True.
         iteration_log, epoch_log: MONAI's: log per iteration / per epoch (True, False or an ignite
             event filter). Default True.
+        datasets: ``{context: {name, digest, source, ...}}`` logged as the run's dataset inputs
+            (:func:`pipeline.tracking.run_inputs.dataset_inputs`). Default None.
+        system_metrics: log MLflow's ``system/...`` metrics (CPU, memory, GPU) while training,
+            every ``system_metrics_interval`` seconds (default 10). Needs psutil. Default True.
 
     Raises:
         ValueError: ``flush_every`` < 1, or a tracking URI MLflow cannot use (a plain folder).
@@ -100,6 +105,9 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         enabled: bool = True,
         iteration_log: Any = True,
         epoch_log: Any = True,
+        datasets: Mapping[str, Mapping[str, Any]] | None = None,
+        system_metrics: bool = True,
+        system_metrics_interval: float = 10.0,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, not {flush_every}")
@@ -120,6 +128,8 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         self.flush_every = flush_every
         self._buffer: list[tuple[str, Any]] = []  # ("iteration" or "epoch", metric)
         self._kind = "epoch"
+        self.datasets = dict(datasets or {})
+        self.system_metrics = SystemMetrics(system_metrics_interval) if system_metrics else None
         self._config = bundle_config() if enabled else None
         if not enabled:
             return
@@ -164,25 +174,6 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
 
     def _delete_exist_param_in_dict(self, param_dict: dict) -> None:
         """Nothing to do: :meth:`_log_params` skips the parameters already logged."""
-
-    def _log(self, what: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
-        if not self.enabled or not (metrics or params or tags):
-            return
-        if self.run_id is None:  # no run (MLflow failed at start): count what it would have held
-            self._not_logged(what, len(metrics) + len(params) + len(tags))
-            return
-        for start in range(0, max(len(metrics), 1), 1000):  # MLflow's batch limit is 1000 metrics
-            chunk = list(metrics[start : start + 1000])
-            first = start == 0
-            self._call(
-                what,
-                self.client.log_batch,
-                self.run_id,
-                metrics=chunk,
-                params=list(params) if first else [],
-                tags=list(tags) if first else [],
-                count=len(chunk) + (len(params) + len(tags) if first else 0),
-            )
 
     def flush(self) -> None:
         """Write the buffered metrics."""
@@ -242,6 +233,12 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         if self.run_dir is not None:
             run_files.write_run_record(self.run_dir, self.run_id, self.tracking_uri, self.experiment_name)
         super().start(engine)  # MONAI's: the experiment parameters, max_epochs and epoch_length
+        known = self.cur_run.inputs.dataset_inputs if self.cur_run.inputs else []
+        inputs = dataset_inputs(self.datasets, known)
+        if inputs:
+            self._call("dataset inputs", self.client.log_inputs, self.run_id, inputs, count=len(inputs))
+        if self.system_metrics is not None:
+            self.system_metrics.start(self.run_id, self.tracking_uri, resume=previous is not None)
         self._log("params and tags", tags=[RunTag(k, str(v)) for k, v in tags.items()])
         logger.info("MLflow: run %s (%s) at %s", self.run_name, self.run_id, self.tracking_uri)
 
@@ -284,6 +281,8 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
 
     def close(self, status: str = "FINISHED") -> None:
         """End the MLflow run with ``status`` and report anything that could not be logged."""
+        if self.system_metrics is not None:
+            self.system_metrics.stop()
         if self.run_id is not None and self.cur_run is not None:
             self.flush()
             self._call("final run status", self.client.set_terminated, self.run_id, status)

@@ -19,7 +19,8 @@ from tests.support import one_cycle_lr, run_bundle
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("bundle")
-    workflow = run_bundle(tmp_path, **{"loss#lambda_dice": 0.5})
+    settings = {"loss#lambda_dice": 0.5, "mlflow_tracking#system_metrics_interval": 0.5}
+    workflow = run_bundle(tmp_path, **settings)
     return tmp_path, workflow
 
 
@@ -95,6 +96,20 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert "config.json" in artifacts
     config = json.loads((Path(workflow.parser.get_parsed_content("run_dir")) / "config.json").read_text())
     assert config["network_def"]["n_filters"] == 2 and config["epochs"] == 2
+    # the dataset inputs: one per context, the fingerprint as digest, the counts in the profile
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    split = json.loads(Path(params["split_file"]).read_text())
+    for context, key in (("training", "train"), ("validation", "val")):
+        assert inputs[context].digest == params["dataset_fingerprint"][:36]
+        assert inputs[context].name == Path(params["dataset_dir"]).name + "-" + key
+        profile = json.loads(inputs[context].profile)
+        assert profile["patients"] == len(split[key]) and profile["split_file"] == params["split_file"]
+    assert json.loads(inputs["training"].profile)["slices"] == n_train
+    # MLflow's system metrics, sampled every 0.5 s here
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
     # MONAI's MLFlowHandler logs the trainer's max_epochs and epoch_length
     assert params["max_epochs"] == "2" and int(params["epoch_length"]) == math.ceil(n_train / 4)
 
@@ -120,7 +135,7 @@ def test_the_last_epoch_is_validated_whatever_val_interval(tmp_path):
     """--epochs 1 with val_interval 2 (the demo's): MONAI's ValidationHandler alone never validates."""
     from mlflow import MlflowClient
 
-    workflow = run_bundle(tmp_path, epochs=1, val_interval=2)
+    workflow = run_bundle(tmp_path, epochs=1, val_interval=2, system_metrics=False)
     ckpt_dir = Path(workflow.parser.get_parsed_content("ckpt_dir"))
     assert (ckpt_dir / "model.pt").is_file()
     record = json.loads((Path(workflow.parser.get_parsed_content("run_dir")) / "mlflow_run.json").read_text())
@@ -129,3 +144,6 @@ def test_the_last_epoch_is_validated_whatever_val_interval(tmp_path):
     assert [m.step for m in history] == [1]
     best = client.get_metric_history(record["run_id"], "best_val_volume_dice")
     assert [m.value for m in best] == [history[0].value]
+    # `system_metrics false` turns MLflow's system metrics off
+    metrics = client.get_run(record["run_id"]).data.metrics
+    assert "val_volume_dice" in metrics and not [k for k in metrics if k.startswith("system/")]
