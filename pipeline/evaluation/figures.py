@@ -125,7 +125,11 @@ def dice_order(per_patient: Mapping[str, float]) -> list[str]:
 
 
 def dice_bar_chart(
-    per_patient: Mapping[str, float], out_path: str | Path, title: str = "Per-patient Dice", dpi: int = 100
+    per_patient: Mapping[str, float],
+    out_path: str | Path,
+    title: str = "Per-patient Dice",
+    dpi: int = 100,
+    lesion_free_fp: Mapping[str, float] | None = None,
 ) -> Path:
     """Bar chart of per-patient (per-volume) Dice, best first, with the mean and median as lines.
 
@@ -134,30 +138,48 @@ def dice_bar_chart(
     number is stated in the title, e.g. "Per-patient Dice (27 patients; 3 with empty truth and
     prediction left out)".
 
+    Lesion-free patients named in ``lesion_free_fp`` are drawn apart, in a panel on the right: one bar
+    each, its height and label the patient's false-positive voxels (red when there are any), since
+    their Dice (0 or undefined) says nothing of how much was painted on a healthy brain. The Dice
+    panel, its mean and its median then cover the patients with a lesion only.
+
     Args:
         per_patient: patient id -> Dice in [0, 1] or NaN.
         out_path: PNG file to write (its folder is created).
         title: start of the figure title. Default "Per-patient Dice".
         dpi: resolution. Default 100.
+        lesion_free_fp: lesion-free patient id -> false-positive voxels (>= 0). Default None: no
+            patient is drawn apart.
 
     Returns:
         ``out_path`` as a Path.
 
     Raises:
-        ValueError: no patients, or a Dice outside [0, 1] that is not NaN.
+        ValueError: no patients, a Dice outside [0, 1] that is not NaN, or a negative voxel count.
     """
-    if len(per_patient) == 0:
+    lesion_free_fp = dict(lesion_free_fp or {})
+    if len(per_patient) == 0 and not lesion_free_fp:
         raise ValueError("per_patient is empty: give at least one patient's Dice")
     for patient, dice in per_patient.items():
         if not (math.isnan(dice) or 0.0 <= dice <= 1.0):
             raise ValueError(f"Dice of patient {patient!r} must be in [0, 1] or NaN, not {dice}")
-    order = dice_order(per_patient)
-    values = np.array([per_patient[patient] for patient in order], dtype=float)
-    n_nan = len(per_patient) - len(order)
-    heading = f"{title} ({len(order)} patients"
-    heading += f"; {n_nan} with empty truth and prediction left out)" if n_nan else ")"
-    fig = Figure(figsize=(max(6.0, 2.0 + 0.25 * len(per_patient)), 4.5), layout="constrained")
-    ax = fig.subplots()
+    for patient, voxels in lesion_free_fp.items():
+        if not voxels >= 0:
+            raise ValueError(f"false-positive voxels of patient {patient!r} must be >= 0, not {voxels}")
+    with_lesion = {p: d for p, d in per_patient.items() if p not in lesion_free_fp}
+    order = dice_order(with_lesion)
+    values = np.array([with_lesion[patient] for patient in order], dtype=float)
+    n_nan = len(with_lesion) - len(order)
+    heading = f"{title} ({len(order)} patients" + (" with a lesion" if lesion_free_fp else "")
+    heading += f"; {n_nan} with empty truth and prediction left out" if n_nan else ""
+    heading += f"; {len(lesion_free_fp)} lesion-free at right)" if lesion_free_fp else ")"
+    width = max(6.0, 2.0 + 0.25 * (len(with_lesion) + len(lesion_free_fp)))
+    fig = Figure(figsize=(width + (2.0 if lesion_free_fp else 0.0), 4.5), layout="constrained")
+    if lesion_free_fp:
+        ax, ax_free = fig.subplots(1, 2, width_ratios=[width, 2.0 + 0.15 * len(lesion_free_fp)])
+        _draw_false_positives(ax_free, lesion_free_fp)
+    else:
+        ax = fig.subplots()
     ax.set_title(heading, fontsize=10)
     ax.set_ylabel("Dice")
     ax.set_ylim(0.0, 1.05)
@@ -173,6 +195,20 @@ def dice_bar_chart(
         ax.text(0.5, 0.5, "no patient with a defined Dice", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
     return _save_atomically(fig, out_path, dpi)
+
+
+def _draw_false_positives(ax: Any, lesion_free_fp: Mapping[str, float]) -> None:
+    """Lesion-free patients, most false-positive voxels first, each bar labelled with its count."""
+    order = sorted(lesion_free_fp, key=lambda patient: (-lesion_free_fp[patient], patient))
+    voxels = [float(lesion_free_fp[patient]) for patient in order]
+    colours = ["tab:red" if v > 0 else "tab:green" for v in voxels]
+    bars = ax.bar(range(len(order)), voxels, color=colours)
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in voxels], fontsize=7)
+    ax.set_ylim(0.0, max(max(voxels), 1.0) * 1.2)
+    ax.set_title("Lesion-free patients", fontsize=10)
+    ax.set_ylabel("false-positive voxels")
+    ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(order) - 0.4)
 
 
 def pick_lesion_slices(

@@ -2,8 +2,8 @@
 
 The evaluator's postprocessing turns ``pred`` into probabilities (sigmoid); these metrics threshold
 them themselves (default 0.5), so they do not depend on what else the postprocessing does.
-Each reads the decollated ``engine.state.output`` (``pred``, ``label``) and, for the per-volume
-Dice, the ``patient`` and ``slice`` keys of ``engine.state.batch`` that the datalist records carry.
+Each reads the decollated ``engine.state.output`` (``pred``, ``label``) and, for the per-patient
+metrics, the ``patient`` and ``slice`` keys of ``engine.state.batch`` that the datalist records carry.
 
 Under torch.distributed each metric gathers its per-slice statistics from every rank before
 computing, so every rank reports the same numbers.
@@ -20,6 +20,9 @@ import torch.distributed as dist
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
+from pipeline.evaluation import detection
+from pipeline.evaluation.metrics import dice
+from pipeline.evaluation.slice_stack import SliceStack
 from pipeline.evaluation.volume_dice import VolumeDiceAccumulator
 
 
@@ -46,6 +49,21 @@ def _items(engine: Engine) -> list[tuple[dict, dict]]:
 
 def _binary(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.as_tensor(x).detach() > threshold
+
+
+def _patient_and_slice(batch: dict, metric: str) -> tuple[str, int]:
+    patient, slice_index = batch.get("patient"), batch.get("slice")
+    if patient is None or slice_index is None:
+        raise KeyError(
+            f"{metric} needs 'patient' and 'slice' keys in each validation record "
+            "(records from pipeline.data.discovery.discover carry them)"
+        )
+    return str(patient), int(slice_index)
+
+
+def _plane(mask: torch.Tensor) -> np.ndarray:
+    """(H, W) numpy mask from a (1, H, W) or (H, W) tensor."""
+    return (mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask).cpu().numpy()
 
 
 class _ItemMetric(Metric):
@@ -86,15 +104,10 @@ class PerVolumeDice(_ItemMetric):
     def update_item(self, output: dict, batch: dict) -> None:
         pred = _binary(output["pred"], self.threshold)
         truth = _binary(output["label"], 0.5)
-        patient, slice_index = batch.get("patient"), batch.get("slice")
-        if patient is None or slice_index is None:
-            raise KeyError(
-                "PerVolumeDice needs 'patient' and 'slice' keys in each validation record "
-                "(records from pipeline.data.discovery.discover carry them)"
-            )
+        patient, slice_index = _patient_and_slice(batch, "PerVolumeDice")
         self._acc.add_counts(
-            str(patient),
-            int(slice_index),
+            patient,
+            slice_index,
             int((pred & truth).sum()),
             int(pred.sum()),
             int(truth.sum()),
@@ -106,6 +119,72 @@ class PerVolumeDice(_ItemMetric):
             merged.merge(state)
         value = merged.mean()
         return 0.0 if math.isnan(value) else float(value)
+
+
+class PatientDetection(_ItemMetric):
+    """False-positive-aware per-volume Dice, with the false-positive and detection figures beside it.
+
+    The value (what a key metric selects on) is the mean over patients of
+    :func:`pipeline.evaluation.detection.fp_aware_dice`: per-volume Dice for a patient with a lesion;
+    1 for a lesion-free patient with no predicted 3-D component of ``min_component_voxels`` or more,
+    0 otherwise (0.0 when there is no patient). On completion the metric also records, as
+    ``prefix + name`` in ``engine.state.metrics`` (so MLflow and the progress line get them):
+    ``lesion_dice`` (mean per-volume Dice over patients with a lesion), ``sensitivity``,
+    ``specificity``, ``fp_voxels_lesion_free`` (mean predicted voxels per lesion-free patient) and
+    ``fp_voxels_lesion_free_slices`` (mean per patient of predicted voxels on slices without lesion).
+    A figure without patients to measure it on (specificity when no patient is lesion-free) is left
+    out, not reported as a number. Definitions: :mod:`pipeline.evaluation.detection`.
+
+    Args:
+        min_component_voxels: the smallest 3-D component that calls a patient positive, in voxels at
+            the validation resolution. Default ``detection.DEFAULT_MIN_COMPONENT_VOXELS`` (10).
+        threshold: probability threshold, default 0.5.
+        prefix: start of the names of the figures beside the value. Default "val_".
+    """
+
+    def __init__(
+        self,
+        min_component_voxels: int = detection.DEFAULT_MIN_COMPONENT_VOXELS,
+        threshold: float = 0.5,
+        prefix: str = "val_",
+    ) -> None:
+        self.min_component_voxels = detection.check_min_component_voxels(min_component_voxels)
+        self.prefix = prefix
+        super().__init__(threshold=threshold)
+
+    def reset(self) -> None:
+        self._stack = SliceStack()
+        self.figures: dict[str, float] = {}
+
+    def update_item(self, output: dict, batch: dict) -> None:
+        patient, slice_index = _patient_and_slice(batch, "PatientDetection")
+        pred = _plane(_binary(output["pred"], self.threshold))
+        self._stack.add(patient, slice_index, pred, _plane(_binary(output["label"], 0.5)))
+
+    def compute(self) -> float:
+        merged = SliceStack()
+        for state in _gather(self._stack.state()):
+            merged.merge(state)
+        records = [
+            {"dice": dice(pred, truth), **detection.volume_detection(pred, truth, self.min_component_voxels)}
+            for pred, truth in merged.volumes().values()
+        ]
+        figures = detection.detection_aggregates(records)
+        beside = {
+            "lesion_dice": figures["lesion_dice"]["mean"],
+            "sensitivity": figures["sensitivity"],
+            "specificity": figures["specificity"],
+            "fp_voxels_lesion_free": figures["fp_voxels_lesion_free"]["mean"],
+            "fp_voxels_lesion_free_slices": figures["fp_voxels_lesion_free_slices"]["mean"],
+        }
+        self.figures = {name: float(value) for name, value in beside.items() if value is not None}
+        value = figures["fp_aware_dice"]["mean"]
+        return 0.0 if value is None else float(value)
+
+    def completed(self, engine: Engine, name: str) -> None:
+        super().completed(engine, name)
+        for figure, value in self.figures.items():
+            engine.state.metrics[self.prefix + figure] = value
 
 
 class SliceDice(_ItemMetric):

@@ -3,15 +3,11 @@
 ``bundle/configs/evaluate.json`` runs a MONAI SupervisedEvaluator whose inferer is
 ``FlipTTAInferer`` (two output channels: the plain logits and the horizontal-flip test-time
 augmented logits) and whose handler ``EvaluationReport`` collects every slice. When the evaluator
-completes, the report evaluates each post-processing option
-
-- ``threshold``: sigmoid > threshold (default 0.5),
-- ``threshold+lcc``: then keep the largest 3-D connected component per patient (the paper's code),
-- ``tta``: mean of the logits of the slice and of its horizontal flip, then the threshold,
-- ``tta+lcc``: both,
-
-and writes ``summary.json`` (per-case records naming the image files, then aggregates, sorted
-keys), ``per_slice.csv`` and pictures, and logs them to MLflow.
+completes, the report evaluates each post-processing option (threshold, + largest component, flip
+test-time augmentation, both: :mod:`pipeline.evaluation.volume_evaluation`) with Dice, IoU, HD95
+and the false-positive and detection figures, and writes ``summary.json`` (per-case records naming
+the image files, then aggregates, sorted keys), ``per_slice.csv`` and pictures, and logs them to
+MLflow.
 """
 
 from __future__ import annotations
@@ -31,11 +27,10 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 
 from pipeline.atomic import write_json, write_text
-from pipeline.evaluation import metrics
+from pipeline.evaluation import detection, metrics
+from pipeline.evaluation.volume_evaluation import evaluate_volumes
 
 logger = logging.getLogger(__name__)
-
-VARIANTS = ("threshold", "threshold+lcc", "tta", "tta+lcc")
 
 
 class FlipTTAInferer(Inferer):
@@ -69,10 +64,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _bce(prob: np.ndarray, truth: np.ndarray) -> float:
-    return metrics.per_slice_bce(prob, truth)
-
-
 class EvaluationReport:
     """Collect evaluated slices per patient and report per-volume metrics for each option.
 
@@ -84,6 +75,10 @@ class EvaluationReport:
             or None. Default None.
         pictures: write the PNG pictures. Default True.
         n_picture_slices: slices with lesions shown in the grid. Default 8.
+        min_component_voxels: the smallest 3-D component that calls a patient positive (detected).
+            Default ``detection.DEFAULT_MIN_COMPONENT_VOXELS`` (10).
+        voxel_spacing_mm: (slice, row, column) size in mm of the evaluated voxels (after the resize
+            to image_size), for volumes in mL and HD95 in mm. Default None: voxels and pixels.
     """
 
     def __init__(
@@ -94,9 +89,14 @@ class EvaluationReport:
         tracking: Any = None,
         pictures: bool = True,
         n_picture_slices: int = 8,
+        min_component_voxels: int = detection.DEFAULT_MIN_COMPONENT_VOXELS,
+        voxel_spacing_mm: list[float] | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), not {threshold}")
+        self.min_component_voxels = detection.check_min_component_voxels(min_component_voxels)
+        detection.voxel_volume_ml(voxel_spacing_mm)  # reject a bad spacing now, not after the evaluation
+        self.voxel_spacing_mm = voxel_spacing_mm
         self.output_dir = Path(output_dir)
         self.threshold = threshold
         self.checkpoint = checkpoint
@@ -134,7 +134,9 @@ class EvaluationReport:
         if not self.slices:
             raise ValueError("EvaluationReport: no slice was evaluated; is the evaluation datalist empty?")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        summary, rows = evaluate_volumes(self.slices, self.threshold)
+        summary, rows = evaluate_volumes(
+            self.slices, self.threshold, self.min_component_voxels, self.voxel_spacing_mm
+        )
         summary["checkpoint"] = self.checkpoint
         summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         files = {"summary": self.output_dir / "summary.json", "per_slice": self.output_dir / "per_slice.csv"}
@@ -143,13 +145,20 @@ class EvaluationReport:
         if self.pictures:
             files.update(self._pictures(summary))
         for name, variant in summary["aggregates"].items():
+            dice = variant["dice"]
             logger.info(
-                "%-14s per-volume Dice mean %.4f median %.4f over %d patients (%d with both masks empty)",
+                "%-14s per-volume Dice mean %s median %s over %d patients (%d with both masks empty), "
+                "mean %s over patients with a lesion; sensitivity %s, specificity %s, false-positive "
+                "voxels per lesion-free patient %s",
                 name,
-                variant["dice"]["mean"] if variant["dice"]["mean"] is not None else float("nan"),
-                variant["dice"]["median"] if variant["dice"]["median"] is not None else float("nan"),
-                variant["dice"]["n_total"],
-                variant["dice"]["n_undefined"],
+                _text(dice["mean"]),
+                _text(dice["median"]),
+                dice["n_total"],
+                dice["n_undefined"],
+                _text(variant["lesion_dice"]["mean"]),
+                _text(variant["sensitivity"]),
+                _text(variant["specificity"]),
+                _text(variant["fp_voxels_lesion_free"]["mean"], ".0f"),
             )
         if self.tracking is not None:
             self.tracking.log_evaluation(summary, files)
@@ -179,95 +188,17 @@ class EvaluationReport:
             )
         if samples:
             out["grid"] = figures.prediction_grid(samples, self.output_dir / "predictions.png")
-        per_patient = {c["patient"]: c["metrics"]["threshold"]["dice"] for c in summary["cases"]}
-        per_patient = {k: (np.nan if v is None else v) for k, v in per_patient.items()}
-        out["dice_chart"] = figures.dice_bar_chart(per_patient, self.output_dir / "per_patient_dice.png")
+        shown = {c["patient"]: c["metrics"]["threshold"] for c in summary["cases"]}
+        per_patient = {k: (np.nan if v["dice"] is None else v["dice"]) for k, v in shown.items()}
+        lesion_free_fp = {k: v["fp_voxels"] for k, v in shown.items() if not v["has_lesion"]}
+        out["dice_chart"] = figures.dice_bar_chart(
+            per_patient, self.output_dir / "per_patient_dice.png", lesion_free_fp=lesion_free_fp
+        )
         return out
 
 
-def evaluate_volumes(slices: dict[str, dict[int, dict]], threshold: float) -> tuple[dict, list[dict]]:
-    """Per-patient and per-slice metrics of every post-processing option.
-
-    Args:
-        slices: patient -> slice number -> {"prob", "prob_tta", "truth", "image_file", "label_file"}.
-        threshold: probability threshold.
-
-    Returns:
-        (summary dict with "cases" and "aggregates", per-slice rows for the CSV).
-    """
-    cases, rows = [], []
-    per_variant: dict[str, dict[str, list[float]]] = {v: defaultdict(list) for v in VARIANTS}
-    for patient in sorted(slices):
-        order = sorted(slices[patient])
-        truth = np.stack([slices[patient][i]["truth"] for i in order])
-        probs = {
-            "threshold": np.stack([slices[patient][i]["prob"] for i in order]),
-            "tta": np.stack([slices[patient][i]["prob_tta"] for i in order]),
-        }
-        masks = {}
-        for base in ("threshold", "tta"):
-            masks[base] = probs[base] > threshold
-            masks[f"{base}+lcc"] = metrics.largest_component(masks[base])
-        case_metrics = {}
-        for variant in VARIANTS:
-            result = metrics.volume_metrics(masks[variant], truth)
-            case_metrics[variant] = {k: _json_number(v) for k, v in result.items()}
-            for key in ("dice", "iou", "hd95"):
-                per_variant[variant][key].append(result[key])
-        cases.append(
-            {
-                "patient": patient,
-                "slices": [int(i) for i in order],
-                "images": [slices[patient][i]["image_file"] for i in order],
-                "labels": [slices[patient][i]["label_file"] for i in order],
-                "metrics": case_metrics,
-            }
-        )
-        for z, index in enumerate(order):
-            row = {"patient": patient, "slice": int(index), "image": slices[patient][index]["image_file"]}
-            row["true_pixels"] = int(truth[z].sum())
-            for variant in VARIANTS:
-                pred = masks[variant][z]
-                row[f"{variant}_dice"] = _csv_number(metrics.dice(pred, truth[z]))
-                row[f"{variant}_iou"] = _csv_number(metrics.iou(pred, truth[z]))
-                row[f"{variant}_pred_pixels"] = int(pred.sum())
-            row["bce"] = _csv_number(_bce(probs["threshold"][z], truth[z]))
-            row["tta_bce"] = _csv_number(_bce(probs["tta"][z], truth[z]))
-            rows.append(row)
-    aggregates = {
-        variant: {key: metrics.summarize(values) for key, values in per_variant[variant].items()}
-        for variant in VARIANTS
-    }
-    for variant in VARIANTS:
-        aggregates[variant]["slice_dice"] = metrics.summarize(
-            [float("nan") if r[f"{variant}_dice"] == "" else float(r[f"{variant}_dice"]) for r in rows]
-        )
-    aggregates["threshold"]["slice_bce"] = metrics.summarize([float(r["bce"]) for r in rows])
-    aggregates["tta"]["slice_bce"] = metrics.summarize([float(r["tta_bce"]) for r in rows])
-    summary = {
-        "threshold": threshold,
-        "n_patients": len(cases),
-        "n_slices": len(rows),
-        "cases": cases,
-        "aggregates": aggregates,
-        "note": "Dice/IoU are undefined (null) when truth and prediction are both empty; such patients are "
-        "counted in n_undefined and left out of mean and median. hd95 is in pixels (inf when exactly one "
-        "mask is empty, such cases are excluded from the hd95 aggregates).",
-    }
-    return summary, rows
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _csv_number(value: float) -> str:
-    return "" if not np.isfinite(value) else f"{value:.6f}"
+def _text(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -28,6 +28,30 @@ def training_run_of(checkpoint: str | Path) -> dict | None:
         return None
 
 
+STATISTICS = ("mean", "median", "max", "total")
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The MLflow metrics of a summary.json: ``eval_<option>_<figure>[_<statistic>]``.
+
+    A figure given as statistics (``{"mean": ..., "median": ...}``) gives one metric per statistic in
+    ``STATISTICS`` that it holds (e.g. ``eval_threshold_dice_mean``,
+    ``eval_threshold_fp_voxels_lesion_free_max``); a figure given as a number gives one metric
+    (``eval_threshold_sensitivity``). Undefined values (None) and counts are not logged.
+    """
+    out = {}
+    for variant, aggregates in summary["aggregates"].items():
+        name = variant.replace("+", "_")
+        for figure, stats in aggregates.items():
+            if isinstance(stats, dict):
+                for stat in STATISTICS:
+                    if stats.get(stat) is not None:
+                        out[f"eval_{name}_{figure}_{stat}"] = float(stats[stat])
+            elif isinstance(stats, int | float) and not isinstance(stats, bool):
+                out[f"eval_{name}_{figure}"] = float(stats)
+    return out
+
+
 class EvaluationTracking:
     """Log evaluation metrics, files and learning curves to MLflow.
 
@@ -83,13 +107,7 @@ class EvaluationTracking:
             self.run_id = run.info.run_id
             client.set_tag(self.run_id, "checkpoint", str(self.checkpoint))
         stamp = int(time.time() * 1000)
-        values: list[Any] = []
-        for variant, aggregates in summary["aggregates"].items():
-            name = variant.replace("+", "_")
-            for metric, stats in aggregates.items():
-                for stat in ("mean", "median"):
-                    if stats.get(stat) is not None:
-                        values.append(Metric(f"eval_{name}_{metric}_{stat}", float(stats[stat]), stamp, 0))
+        values = [Metric(key, value, stamp, 0) for key, value in summary_metrics(summary).items()]
         client.log_batch(self.run_id, metrics=values)
         if self.learning_curves and self.training_run is not None:
             files = dict(files)

@@ -76,6 +76,9 @@ def test_summary_matches_an_independent_evaluation(evaluated):
         else:
             assert got == pytest.approx(expected, abs=2e-3)
         assert case["metrics"]["threshold"]["true_voxels"] == int(truth.sum())
+        assert case["metrics"]["threshold"]["has_lesion"] == bool(truth.any())
+        fp_voxels = int((pred & ~truth).sum())
+        assert abs(case["metrics"]["threshold"]["fp_voxels"] - fp_voxels) <= max(2, pred.size // 5000)
         assert abs(case["metrics"]["threshold"]["pred_voxels"] - int(pred.sum())) <= max(2, pred.size // 5000)
 
 
@@ -106,6 +109,12 @@ def test_evaluation_logged_to_the_training_run(evaluated):
     mean = summary["aggregates"]["threshold"]["dice"]["mean"]
     assert mean is not None, "the phantom validation patient has a lesion: its Dice is defined"
     assert run.data.metrics["eval_threshold_dice_mean"] == pytest.approx(mean)
+    aggregates = summary["aggregates"]["threshold"]
+    assert run.data.metrics["eval_threshold_sensitivity"] == pytest.approx(aggregates["sensitivity"])
+    assert run.data.metrics["eval_threshold_lesion_dice_mean"] == pytest.approx(
+        aggregates["lesion_dice"]["mean"]
+    )
+    assert aggregates["specificity"] is None and "eval_threshold_specificity" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(record["run_id"], "evaluation")}
     assert "evaluation/summary.json" in artifacts and "evaluation/per_slice.csv" in artifacts
     assert "evaluation/learning_curves.png" in artifacts

@@ -28,6 +28,10 @@ def test_training_without_any_lesion_warns_and_completes(tmp_path: Path, caplog)
     final = torch.load(ckpt_dir / "final.pt", weights_only=True)
     assert final["trainer"]["iteration"] == final["trainer"]["epoch_length"]  # one epoch
     # both masks empty for every validation patient: no defined Dice, reported as 0.0, not NaN
-    assert workflow.parser.get_parsed_content("validate#evaluator").state.metrics["val_volume_dice"] == 0.0
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert metrics["val_volume_dice"] == 0.0
+    # the false-positive figures are measured on the lesion-free patients; sensitivity has none to count
+    assert 0.0 <= metrics["val_fp_aware_dice"] == metrics["val_specificity"] <= 1.0
+    assert metrics["val_fp_voxels_lesion_free"] >= 0.0 and "val_sensitivity" not in metrics
     state = torch.load(ckpt_dir / "model.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values())

@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.evaluation.report import VARIANTS, FlipTTAInferer, evaluate_volumes
+from pipeline.evaluation.report import FlipTTAInferer
+from pipeline.evaluation.volume_evaluation import VARIANTS, evaluate_volumes
 
 
 def _slices(prob: np.ndarray, truth: np.ndarray, prob_tta: np.ndarray | None = None) -> dict[int, dict]:
@@ -70,6 +71,63 @@ def test_per_volume_metrics_and_largest_component_match_numpy():
             assert math.isclose(float(row["threshold_dice"]), expected, abs_tol=1e-6)
     assert case["P1"]["images"][0] == "img_1.tif"
     assert set(summary["aggregates"]) == set(VARIANTS)
+
+
+def test_false_positives_and_detection_in_the_summary():
+    truth = np.zeros((3, 10, 10), bool)
+    truth[1, 2:6, 2:6] = True  # 16 voxels on slice 1
+    prob = np.zeros((3, 10, 10), np.float32)
+    prob[1, 2:6, 2:6] = 0.9  # found exactly
+    prob[0, 7:10, 7:10] = 0.8  # 9 false-positive voxels on a lesion-free slice: below 10, a speck
+    healthy = np.zeros((3, 10, 10), np.float32)
+    healthy[0:3, 0:2, 0:2] = 0.7  # 12 voxels through the slices of a lesion-free patient: a call
+    slices = {
+        "LESION": _slices(prob, truth),
+        "HEALTHY": _slices(healthy, np.zeros_like(truth)),
+        "SILENT": _slices(np.zeros_like(prob), np.zeros_like(truth)),
+    }
+    summary, _ = evaluate_volumes(slices, threshold=0.5, min_component_voxels=10)
+    case = {c["patient"]: c["metrics"]["threshold"] for c in summary["cases"]}
+    assert case["LESION"]["fp_voxels"] == 9 and case["LESION"]["fp_voxels_lesion_free_slices"] == 9
+    assert case["LESION"]["detected"] is True and case["LESION"]["has_lesion"] is True
+    assert case["HEALTHY"]["detected"] is True and case["HEALTHY"]["fp_voxels"] == 12
+    assert case["SILENT"]["detected"] is False and case["SILENT"]["fp_voxels"] == 0
+    assert case["HEALTHY"]["fp_aware_dice"] == 0.0 and case["SILENT"]["fp_aware_dice"] == 1.0
+    # largest component per patient, then detection: LESION keeps its 16, loses the 9-voxel speck
+    assert summary["cases"][1]["metrics"]["threshold+lcc"]["fp_voxels"] == 0  # sorted: HEALTHY, LESION
+    for variant in ("threshold", "threshold+lcc"):
+        agg = summary["aggregates"][variant]
+        assert agg["sensitivity"] == 1.0 and agg["specificity"] == 0.5
+        assert agg["detection"] == {
+            "true_positive": 1,
+            "false_negative": 0,
+            "true_negative": 1,
+            "false_positive": 1,
+        }
+        assert agg["fp_voxels_lesion_free"]["mean"] == 6.0 and agg["fp_voxels_lesion_free"]["max"] == 12.0
+        lesion_dice = summary["cases"][1]["metrics"][variant]["dice"]  # 1.0 without the speck
+        assert agg["fp_aware_dice"]["mean"] == pytest.approx((lesion_dice + 0.0 + 1.0) / 3)
+        assert agg["lesion_dice"]["count"] == 1
+    # the all-patient Dice mean counts HEALTHY as 0 and leaves SILENT out; the lesion-only mean does not
+    assert summary["aggregates"]["threshold"]["dice"]["mean"] == pytest.approx(case["LESION"]["dice"] / 2)
+    assert summary["aggregates"]["threshold"]["lesion_dice"]["mean"] == pytest.approx(2 * 16 / (25 + 16))
+    assert summary["min_component_voxels"] == 10 and summary["voxel_spacing_mm"] is None
+    strict, _ = evaluate_volumes(slices, threshold=0.5, min_component_voxels=13)
+    assert strict["aggregates"]["threshold"]["specificity"] == 1.0
+
+
+def test_voxel_spacing_gives_millilitres_and_hd95_in_mm():
+    truth = np.zeros((2, 6, 6), bool)
+    truth[0, 1:3, 1:3] = True
+    prob = np.zeros((2, 6, 6), np.float32)
+    prob[0, 1:3, 2:4] = 0.9  # shifted by one column
+    summary, _ = evaluate_volumes({"P": _slices(prob, truth)}, 0.5, voxel_spacing_mm=[4.0, 0.5, 0.5])
+    metrics = summary["cases"][0]["metrics"]["threshold"]
+    assert metrics["fp_voxels"] == 2 and metrics["fp_ml"] == pytest.approx(2 * 4.0 * 0.25 / 1000)
+    assert metrics["hd95"] == pytest.approx(0.5)  # one column of 0.5 mm
+    assert summary["aggregates"]["threshold"]["fp_ml_lesion_free_slices"]["total"] == 0.0
+    with pytest.raises(ValueError, match="voxel_spacing_mm"):
+        evaluate_volumes({"P": _slices(prob, truth)}, 0.5, voxel_spacing_mm=[1.0, 1.0])
 
 
 def test_tta_variant_uses_the_tta_probabilities():

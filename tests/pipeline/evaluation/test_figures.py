@@ -129,6 +129,28 @@ def test_dice_bar_chart_writes_picture_and_validates(tmp_path):
         dice_bar_chart({}, tmp_path / "bad.png")
 
 
+def _has_colour(pixels: np.ndarray, rgb: tuple[float, float, float]) -> bool:
+    return bool((np.abs(pixels[..., :3] - np.array(rgb)).max(axis=-1) < 0.02).any())
+
+
+def test_dice_bar_chart_draws_lesion_free_patients_apart(tmp_path):
+    tab_blue, tab_red = (0.122, 0.467, 0.706), (0.839, 0.153, 0.157)
+    per_patient = {"p_a": 0.8, "p_b": 0.6, "healthy_1": 0.0, "healthy_2": math.nan}
+    alone = _read(dice_bar_chart(per_patient, tmp_path / "alone.png", dpi=50))
+    apart = _read(
+        dice_bar_chart(per_patient, tmp_path / "apart.png", dpi=50, lesion_free_fp={"healthy_1": 31339})
+    )
+    assert apart.shape[1] > alone.shape[1]  # the lesion-free panel is added on the right
+    right = apart[:, int(apart.shape[1] * 0.75) :]
+    assert _has_colour(right, tab_red) and not _has_colour(right, tab_blue)  # false positives, no Dice bar
+    silent = _read(
+        dice_bar_chart(per_patient, tmp_path / "silent.png", dpi=50, lesion_free_fp={"healthy_2": 0})
+    )
+    assert not _has_colour(silent[:, int(silent.shape[1] * 0.75) :], tab_red)
+    with pytest.raises(ValueError, match="'healthy_1'.*-1"):
+        dice_bar_chart(per_patient, tmp_path / "bad.png", lesion_free_fp={"healthy_1": -1})
+
+
 def test_pick_lesion_slices_spreads_over_patients_deterministically():
     empty, lesion = np.zeros((4, 4)), np.eye(4)
     # patient k has slices 10k..10k+9, lesions only in the odd ones
