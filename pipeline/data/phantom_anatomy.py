@@ -15,7 +15,7 @@ import numpy as np
 
 SIZE = 256
 
-_TISSUES = {
+TISSUES = {
     "skull": (0.06, 0.05, 0.08),
     "csf": (0.18, 0.10, 0.22),
     "grey": (0.55, 0.62, 0.58),
@@ -55,7 +55,7 @@ def _bspline_matrix(n: int, spacing: float, cell: float) -> np.ndarray:
     return w.astype(np.float32)
 
 
-class _Noise:
+class Noise:
     """Smooth 3-D noise of unit standard deviation and feature size ``cell`` pixels.
 
     A coarse random grid upsampled by separable cubic B-splines: far faster than Gaussian
@@ -75,18 +75,18 @@ class _Noise:
         return np.tensordot(rows[:, lo:hi], self.planes[lo:hi], axes=1)
 
 
-def _ramp(level: np.ndarray, width: float = 1.0) -> np.ndarray:
+def ramp(level: np.ndarray, width: float = 1.0) -> np.ndarray:
     """Soft membership in [0, 1], 0.5 where ``level`` is 0 (partial-volume edges)."""
     return np.clip(level * np.float32(1 / width) + np.float32(0.5), 0, 1)
 
 
-def _paint(vol: np.ndarray, member: np.ndarray, tissue: tuple) -> None:
+def paint(vol: np.ndarray, member: np.ndarray, tissue: tuple) -> None:
     """Blend ``tissue`` (three floats or float32 arrays) into ``vol`` (3, ...) by ``member``."""
     for c in range(3):
         vol[c] += member * (tissue[c] - vol[c])
 
 
-def _ellipsoid(u: np.ndarray, v: np.ndarray, z: np.ndarray, centre, axes) -> np.ndarray:
+def ellipsoid(u: np.ndarray, v: np.ndarray, z: np.ndarray, centre, axes) -> np.ndarray:
     """Normalised radius of an axis-aligned ellipsoid (1 on its surface)."""
     q = ((u - centre[0]) / axes[0]) ** 2 + ((v - centre[1]) / axes[1]) ** 2
     return np.sqrt(q[None] + (((z - centre[2]) / axes[2]) ** 2)[:, None, None])
@@ -108,8 +108,8 @@ def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
     u = (np.cos(angle) * x + np.sin(angle) * y).astype(np.float32)
     v = (-np.sin(angle) * x + np.cos(angle) * y).astype(np.float32)
     zn = np.where(z >= 0, z / c, z / c_low).astype(np.float32)
-    jitter = rng.uniform(0.92, 1.08, size=(len(_TISSUES), 3))
-    tissue = {k: tuple(float(x) for x in np.multiply(t, j)) for (k, t), j in zip(_TISSUES.items(), jitter)}
+    jitter = rng.uniform(0.92, 1.08, size=(len(TISSUES), 3))
+    tissue = {k: tuple(float(x) for x in np.multiply(t, j)) for (k, t), j in zip(TISSUES.items(), jitter)}
     fat = (0.9, rng.uniform(0.65, 1.05), 0.9)  # scalp fat: bright in T1 and in FLAIR
     cortex = rng.uniform(4, 6)
     vy, vz = rng.uniform(-10, 5), rng.uniform(0.05, 0.25) * c
@@ -125,7 +125,7 @@ def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
     spots = (rng.uniform(2.1, 2.8), (0.74, rng.uniform(0.65, 0.9), 0.74))  # white-matter spots
     # larger FLAIR-bright patches with normal T1 (gliosis-like): lesion mimics outside the mask
     patches = (rng.uniform(2.3, 3.3), (tissue["white"][0], rng.uniform(0.62, 0.85), tissue["white"][2]))
-    noise = {name: _Noise(rng, n, dz, cell) for name, cell in _FIELDS.items()}
+    noise = {name: Noise(rng, n, dz, cell) for name, cell in _FIELDS.items()}
     bias_amp, sigma = rng.uniform(0.1, 0.22), np.float32(rng.uniform(0.015, 0.04))
     if patient.has_lesion:
         axes = (rng.uniform(15, 42), rng.uniform(15, 45), rng.uniform(0.2, 0.45) * (z[-1] - z[0]) / 2)
@@ -134,7 +134,7 @@ def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
             rng.uniform(-45, 45),
             rng.uniform(-0.25, 0.55) * c,
         )
-        lesion_shape = _Noise(rng, n, dz, min(axes[:2]) * 0.8)
+        lesion_shape = Noise(rng, n, dz, min(axes[:2]) * 0.8)
         blur = rng.uniform(1.5, 5.5) / ((axes[0] + axes[1]) / 2)  # edge width, in shape units
         offset = rng.uniform(-0.5, 0.5) * blur
         lesion = (
@@ -152,35 +152,35 @@ def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
         rho = np.sqrt(((u / a) ** 2 + (v / b) ** 2)[None] + (zn[zs] ** 2)[:, None, None])
         depth = (1 - rho) * np.float32((a + b + c) / 3) + 2.5 * noise["surface"][zs]  # px inside brain
         vol = np.zeros((3, *depth.shape), np.float32)
-        scalp_in = _ramp(depth + (csf + skull + scalp))
+        scalp_in = ramp(depth + (csf + skull + scalp))
         head[zs] = scalp_in[:, ::4, ::4] > 0.5
-        _paint(vol, scalp_in, fat)
-        _paint(vol, _ramp(depth + (csf + skull)), tissue["skull"])
-        _paint(vol, _ramp(depth + csf), tissue["csf"])
-        brain = _ramp(depth)
-        _paint(vol, brain, tissue["grey"])
-        _paint(vol, _ramp(depth - cortex + 2.5 * noise["gyri"][zs]), tissue["white"])
-        sulcus = _ramp((0.16 - np.abs(noise["sulci"][zs])) * 10) * _ramp(cortex + 2 - depth, 2)
-        _paint(vol, sulcus * brain, tissue["csf"])
+        paint(vol, scalp_in, fat)
+        paint(vol, ramp(depth + (csf + skull)), tissue["skull"])
+        paint(vol, ramp(depth + csf), tissue["csf"])
+        brain = ramp(depth)
+        paint(vol, brain, tissue["grey"])
+        paint(vol, ramp(depth - cortex + 2.5 * noise["gyri"][zs]), tissue["white"])
+        sulcus = ramp((0.16 - np.abs(noise["sulci"][zs])) * 10) * ramp(cortex + 2 - depth, 2)
+        paint(vol, sulcus * brain, tissue["csf"])
         for centre_, axes_ in deep:
-            _paint(vol, _ramp((1 - _ellipsoid(u, v, z[zs], centre_, axes_)) * 10), tissue["deep"])
+            paint(vol, ramp((1 - ellipsoid(u, v, z[zs], centre_, axes_)) * 10), tissue["deep"])
         for centre_, axes_ in ventricles:
-            level = (1 - _ellipsoid(u, v, z[zs], centre_, axes_)) * 8
-            _paint(vol, _ramp(level + rim[0], 2), rim[1])
-            _paint(vol, _ramp(level), tissue["csf"])
-        white = _ramp(depth - cortex - 3)
-        _paint(vol, _ramp((noise["spots"][zs] - spots[0]) * 6) * white, spots[1])
-        _paint(vol, _ramp((noise["patches"][zs] - patches[0]) * 4) * white, patches[1])
-        vessel = _ramp((0.06 - np.abs(noise["vessels"][zs])) * 20) * _ramp(noise["vessel_gate"][zs] - 0.3)
-        _paint(vol, vessel * brain, tissue["vessel"])
+            level = (1 - ellipsoid(u, v, z[zs], centre_, axes_)) * 8
+            paint(vol, ramp(level + rim[0], 2), rim[1])
+            paint(vol, ramp(level), tissue["csf"])
+        white = ramp(depth - cortex - 3)
+        paint(vol, ramp((noise["spots"][zs] - spots[0]) * 6) * white, spots[1])
+        paint(vol, ramp((noise["patches"][zs] - patches[0]) * 4) * white, patches[1])
+        vessel = ramp((0.06 - np.abs(noise["vessels"][zs])) * 20) * ramp(noise["vessel_gate"][zs] - 0.3)
+        paint(vol, vessel * brain, tissue["vessel"])
         if patient.has_lesion:
-            shape = 1 - _ellipsoid(u, v, z[zs], centre, axes) + 0.3 * lesion_shape[zs]
-            inside = _ramp(depth - 1, 2)
+            shape = 1 - ellipsoid(u, v, z[zs], centre, axes) + 0.3 * lesion_shape[zs]
+            inside = ramp(depth - 1, 2)
             mask[zs] = (shape > 0) & (inside > 0.5)
             flair = lesion[1] * (1 + 0.1 * noise["lesion_texture"][zs])
-            _paint(vol, _ramp(shape + offset, blur) * inside, (lesion[0], flair, lesion[2]))
+            paint(vol, ramp(shape + offset, blur) * inside, (lesion[0], flair, lesion[2]))
             if cyst:  # FLAIR-dark core, still inside the mask
-                _paint(vol, _ramp((shape - 0.7) * 8) * inside * 0.6, tissue["csf"])
+                paint(vol, ramp((shape - 0.7) * 8) * inside * 0.6, tissue["csf"])
         field = noise["bias"][zs] * bias_amp
         texture = 1 + 0.04 * noise["texture"][zs]
         for ch in range(3):
