@@ -1,8 +1,8 @@
 """The package's architecture, checked by walking its imports with ``ast``.
 
 Stages import one way: data <- training, evaluation <- inference <- export; tracking is used by
-every stage and imports none of them; the shared helpers (``pipeline.atomic``, ``pipeline.errors``)
-are imported by any stage and import none.
+every stage and imports none of them; the shared helpers (``pipeline.atomic``, ``pipeline.errors``,
+``pipeline.flags``) are imported by any stage and import none.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ALLOWED = {
     "export": {"data", "training", "evaluation", "inference", "tracking"},
     "tracking": set(),
 }
-SHARED = ("atomic", "errors")  # helpers every stage may import; they import no stage
+SHARED = ("atomic", "errors", "flags")  # helpers every stage may import; they import no stage
 MAX_LINES = 300
 
 

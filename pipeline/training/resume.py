@@ -24,8 +24,9 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, ValidationHandler
 
+from pipeline.flags import truthy
 from pipeline.training.checkpoints import RunCheckpoints
-from pipeline.training.runs import readable_run_name, reserve_run_dir, truthy
+from pipeline.training.runs import readable_run_name, reserve_run_dir
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.flags import truthy
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,13 +41,6 @@ def default_workers(limit: int = 4) -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(0, min(limit, cores - 1))
-
-
-def truthy(value: bool | str) -> bool:
-    """A config flag as a bool: ``--resume true`` arrives from the bundle CLI as a string."""
-    if isinstance(value, str):  # the bundle CLI passes `--resume true` as a string
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 _RESERVED: set[str] = set()  # run folders this process created for a new run
