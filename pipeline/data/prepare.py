@@ -133,6 +133,7 @@ def prepare_data(
     seed: int = 0,
     check: bool = True,
     phantom_hard: bool = False,
+    sampling_floor: float = 0.1,
 ) -> PreparedData:
     """Make the dataset ready for training and return its datalists.
 
@@ -146,6 +147,8 @@ def prepare_data(
         check: run the ``check-data`` validation first, default True.
         phantom_hard: generate the hard phantom variant (lesion-free patients, inferior slices,
             artefacts: ``synth --hard``), default False.
+        sampling_floor: the ``floor`` of :func:`pipeline.data.weights.lesion_weights`, default
+            0.1 (the tutorial's).
 
     Raises:
         DatasetError: the dataset is missing, empty or faulty (the message lists the faults),
@@ -169,7 +172,7 @@ def prepare_data(
     train = [r for r in records if r["patient"] not in val_set]
     val = [r for r in records if r["patient"] in val_set]
     areas = mask_areas([r["label"] for r in train])
-    weights = lesion_weights(areas)
+    weights = lesion_weights(areas, sampling_floor)
     prepared = PreparedData(
         dataset_dir=str(root),
         train=train,

@@ -33,6 +33,18 @@ def test_weights_follow_the_formula_and_sum_to_one():
     np.testing.assert_allclose(w[areas == 0], 0.1 / (1.1 * n))
 
 
+def test_a_larger_floor_gives_lesion_free_slices_their_share():
+    # areas [0, 0, 20]: S = 20, n = 3; floor 1: each slice gets 20/3, denominator 2 * 20 = 40
+    w = lesion_weights([0, 0, 20], floor=1.0)
+    np.testing.assert_allclose(w, [(20 / 3) / 40, (20 / 3) / 40, (20 + 20 / 3) / 40], rtol=1e-12)
+    # the two lesion-free slices: 1/3 of the draws, against 2 * (2/3) / 22 = 6% with the tutorial's 0.1
+    assert w[:2].sum() == pytest.approx(1 / 3)
+    assert lesion_weights([0, 0, 20])[:2].sum() == pytest.approx(2 * (0.1 * 20 / 3) / 22)
+    for bad in (0, -1, float("nan"), True):
+        with pytest.raises(ValueError, match="sampling floor must be a number > 0"):
+            lesion_weights([0, 1], floor=bad)
+
+
 def test_single_slice_gets_weight_one():
     np.testing.assert_allclose(lesion_weights(np.array([12.0])), [1.0])
 
