@@ -161,6 +161,20 @@ def largest_component(mask3d: Any, connectivity: int = 1) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def remove_small_components(mask3d: Any, min_voxels: int, connectivity: int = 1) -> np.ndarray:
+    """Drop the connected components of fewer than ``min_voxels`` voxels (face connectivity by
+    default, as :func:`largest_component`); a boolean array of the same shape."""
+    mask = np.asarray(mask3d) != 0
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
+    labels, n = ndimage.label(mask, structure=structure)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
 def volume_metrics(
     pred_volume: Any, truth_volume: Any, spacing: Sequence[float] | None = None
 ) -> dict[str, Any]:

@@ -6,6 +6,9 @@ The options (``VARIANTS``), each applied to a patient's restacked volume:
 - ``threshold+lcc``: then keep the largest 3-D connected component per patient (the paper's code),
 - ``tta``: mean of the logits of the slice and of its horizontal flip, then the threshold,
 - ``tta+lcc``: both.
+- ``threshold+mcs``, ``tta+mcs``: then drop the 3-D components smaller than
+  ``min_component_voxels``, the size that calls a patient positive: the mask then agrees with the
+  detection (a patient not detected gets an empty mask).
 
 Each gets Dice, IoU and HD95 (:mod:`pipeline.evaluation.metrics`) and the false-positive and
 detection figures (:mod:`pipeline.evaluation.detection`).
@@ -20,7 +23,7 @@ import numpy as np
 
 from pipeline.evaluation import detection, metrics
 
-VARIANTS = ("threshold", "threshold+lcc", "tta", "tta+lcc")
+VARIANTS = ("threshold", "threshold+lcc", "threshold+mcs", "tta", "tta+lcc", "tta+mcs")
 
 
 def evaluate_volumes(
@@ -55,6 +58,7 @@ def evaluate_volumes(
         for base in ("threshold", "tta"):
             masks[base] = probs[base] > threshold
             masks[f"{base}+lcc"] = metrics.largest_component(masks[base])
+            masks[f"{base}+mcs"] = metrics.remove_small_components(masks[base], min_component_voxels)
         case_metrics = {}
         for variant in VARIANTS:
             result = metrics.volume_metrics(masks[variant], truth, voxel_spacing_mm)

@@ -61,7 +61,14 @@ def test_summary_matches_an_independent_evaluation(evaluated):
     tmp_path, workflow = evaluated
     eval_dir = Path(workflow.parser.get_parsed_content("eval_dir"))
     summary = json.loads((eval_dir / "summary.json").read_text())
-    assert set(summary["aggregates"]) == {"threshold", "threshold+lcc", "tta", "tta+lcc"}
+    assert set(summary["aggregates"]) == {
+        "threshold",
+        "threshold+lcc",
+        "threshold+mcs",
+        "tta",
+        "tta+lcc",
+        "tta+mcs",
+    }
     ckpt = Path(workflow.parser.get_parsed_content("ckpt_path"))
     for case in summary["cases"]:
         assert case["slices"] == sorted(case["slices"])

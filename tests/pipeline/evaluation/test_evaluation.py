@@ -95,7 +95,11 @@ def test_false_positives_and_detection_in_the_summary():
     assert case["HEALTHY"]["fp_aware_dice"] == 0.0 and case["SILENT"]["fp_aware_dice"] == 1.0
     # largest component per patient, then detection: LESION keeps its 16, loses the 9-voxel speck
     assert summary["cases"][1]["metrics"]["threshold+lcc"]["fp_voxels"] == 0  # sorted: HEALTHY, LESION
-    for variant in ("threshold", "threshold+lcc"):
+    # small components dropped: LESION loses the 9-voxel speck (Dice 1), HEALTHY keeps its 12
+    mcs = {c["patient"]: c["metrics"]["threshold+mcs"] for c in summary["cases"]}
+    assert mcs["LESION"]["fp_voxels"] == 0 and mcs["LESION"]["dice"] == pytest.approx(1.0)
+    assert mcs["HEALTHY"]["fp_voxels"] == 12 and mcs["HEALTHY"]["detected"] is True
+    for variant in ("threshold", "threshold+lcc", "threshold+mcs"):
         agg = summary["aggregates"][variant]
         assert agg["sensitivity"] == 1.0 and agg["specificity"] == 0.5
         assert agg["detection"] == {

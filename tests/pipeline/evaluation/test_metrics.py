@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance
+from scipy import ndimage
 
 from pipeline.evaluation import metrics
 from pipeline.evaluation.volume_dice import VolumeDiceAccumulator, per_volume_dice
@@ -271,3 +272,23 @@ def test_accumulator_mean_without_defined_dice() -> None:
     accumulator.add_counts("TCGA_A", 1, 0, 0, 0)
     assert math.isnan(accumulator.result()["TCGA_A"])
     assert math.isnan(accumulator.mean())
+
+
+def test_remove_small_components_by_hand() -> None:
+    volume = np.zeros((3, 8, 8), bool)
+    volume[0:3, 0:3, 0:3] = True  # 27 voxels, joined across the three slices
+    volume[1, 6, 6] = True  # 1 voxel
+    volume[2, 6:8, 4:6] = True  # 4 voxels
+    kept = metrics.remove_small_components(volume, 4)
+    expected = volume.copy()
+    expected[1, 6, 6] = False
+    np.testing.assert_array_equal(kept, expected)
+    assert metrics.remove_small_components(volume, 28).sum() == 0
+    assert metrics.remove_small_components(np.zeros((2, 4, 4)), 1).sum() == 0
+    # the same as keeping the labels of scipy whose size reaches the bound (diagonals do not join)
+    rng = np.random.default_rng(4)
+    random = rng.random((4, 16, 16)) > 0.7
+    labels, _ = ndimage.label(random)
+    sizes = np.bincount(labels.ravel())
+    reference = np.isin(labels, [i for i in range(1, sizes.size) if sizes[i] >= 5])
+    np.testing.assert_array_equal(metrics.remove_small_components(random, 5), reference)
