@@ -2,7 +2,8 @@
 
 A training run writes ``<run_dir>/mlflow_run.json``; a checkpoint at ``<run_dir>/models/*.pt``
 is therefore traced back to its run. Otherwise a new run ``eval-<timestamp>`` is created in the
-experiment. Failures warn and never lose the files already written.
+experiment. The evaluated data is logged as the run's dataset input with context "evaluation".
+Failures warn and never lose the files already written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from pipeline.tracking.run_inputs import dataset_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,10 @@ class EvaluationTracking:
         tracking_uri: used for a new run (and when the training run does not say). Default None.
         experiment_name: experiment of a new run. Default "lgg-segmentation".
         learning_curves: draw the training run's learning curves from MLflow. Default True.
+        dataset: the evaluated data, ``{name, digest, source, ...}`` as for
+            :func:`pipeline.tracking.run_inputs.dataset_inputs`, logged with context "evaluation".
+            Its name must differ from the training run's datasets (MLflow keeps one context per
+            name and digest in a run). Default None: no dataset input.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class EvaluationTracking:
         tracking_uri: str | None = None,
         experiment_name: str = "lgg-segmentation",
         learning_curves: bool = True,
+        dataset: dict[str, Any] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.training_run = training_run_of(checkpoint)
@@ -78,6 +86,7 @@ class EvaluationTracking:
         )
         self.experiment_name = experiment_name
         self.learning_curves = learning_curves
+        self.dataset = dict(dataset) if dataset else None
         self.run_id: str | None = None
 
     def log_evaluation(self, summary: dict, files: dict[str, Path]) -> None:
@@ -109,6 +118,12 @@ class EvaluationTracking:
         stamp = int(time.time() * 1000)
         values = [Metric(key, value, stamp, 0) for key, value in summary_metrics(summary).items()]
         client.log_batch(self.run_id, metrics=values)
+        if self.dataset is not None:
+            run = client.get_run(self.run_id)
+            known = run.inputs.dataset_inputs if run.inputs else []
+            inputs = dataset_inputs({"evaluation": self.dataset}, known)
+            if inputs:
+                client.log_inputs(self.run_id, inputs)
         if self.learning_curves and self.training_run is not None:
             files = dict(files)
             files["learning_curves"] = self._learning_curves(client, Path(files["summary"]).parent)
