@@ -106,6 +106,17 @@ class MLflowGuard:
                 count=len(chunk) + (len(params) + len(tags) if first else 0),
             )
 
+    def _report_not_logged(self, where_results_are: str) -> None:
+        """Warn once with what was not logged (``1 run, 30 params and tags, ...``), if anything."""
+        if self.failures:
+            logger.warning(
+                "MLflow: not logged to %s (%s): %s. %s",
+                self.tracking_uri,
+                self.first_error,
+                ", ".join(f"{v} {k}" for k, v in self.failures.items()),
+                where_results_are,
+            )
+
     def _not_logged(self, what: str, count: int) -> None:
         if count > 0 and self._started:
             self.failures[what] = self.failures.get(what, 0) + count

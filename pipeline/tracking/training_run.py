@@ -3,8 +3,9 @@
 One ``MLflowTracking`` is shared by the trainer and the evaluator (both handler lists reference
 it), so both log into one run: the recipe's parameters and tags at start, per-iteration loss and
 learning rate, per-epoch metrics of both engines, the artifacts (merged config, split, best model)
-at completion. MONAI's handler does the experiment, ``max_epochs``/``epoch_length``, the event
-filters, artifact folders and the SQLite release. Added, because MONAI's lacks them:
+and the best model as an MLflow Model (:mod:`pipeline.tracking.logged_model`) at completion.
+MONAI's handler does the experiment, ``max_epochs``/``epoch_length``, the event filters, artifact
+folders and the SQLite release. Added, because MONAI's lacks them:
 
 - every MLflow call guarded (:mod:`pipeline.tracking.guard`): MONAI's raises, so an outage would
   stop the training; what was not logged is reported at the end;
@@ -34,6 +35,7 @@ from pipeline.tracking.guard import MLflowGuard, creation_lock
 from pipeline.tracking.monai_switch import refuse_second_tracker
 from pipeline.tracking.provenance import bundle_config, flatten, git_commit
 from pipeline.tracking.run_inputs import SystemMetrics, dataset_inputs
+from pipeline.tracking.uris import artifact_location
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +53,6 @@ def iteration_loss(output: Any) -> float:
     """The loss of a trainer's iteration output (a dict, or MONAI's decollated list of dicts)."""
     loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-
-
-def _artifact_location(uri: str | None) -> str | None:
-    """Artifacts of a SQLite store go to ``mlartifacts/`` beside the database file."""
-    if not uri or not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///") :].split("?")[0].removeprefix("file:"))
-    return (db.parent / "mlartifacts").resolve().as_uri()
 
 
 class MLflowTracking(MLflowGuard, MLFlowHandler):
@@ -85,6 +79,8 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
             (:func:`pipeline.tracking.run_inputs.dataset_inputs`). Default None.
         system_metrics: log MLflow's ``system/...`` metrics (CPU, memory, GPU) while training,
             every ``system_metrics_interval`` seconds (default 10). Needs psutil. Default True.
+        model_file: the best weights (``model.pt``), logged at the end as the run's MLflow Model
+            (pyfunc), linked to the validation metrics of its epoch. Default None: no model.
 
     Raises:
         ValueError: ``flush_every`` < 1, or a tracking URI MLflow cannot use (a plain folder).
@@ -108,6 +104,7 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         datasets: Mapping[str, Mapping[str, Any]] | None = None,
         system_metrics: bool = True,
         system_metrics_interval: float = 10.0,
+        model_file: str | None = None,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, not {flush_every}")
@@ -125,7 +122,7 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         self.experiment_param = {k: str(v)[:6000] for k, v in flatten(experiment_param or {}).items()}
         self.artifacts = tuple(str(a) for a in artifacts if a)
         self.run_dir = Path(run_dir) if run_dir else None
-        self.flush_every = flush_every
+        self.flush_every, self.model_file, self._best_epoch = flush_every, model_file, 0
         self._buffer: list[tuple[str, Any]] = []  # ("iteration" or "epoch", metric)
         self._kind = "epoch"
         self.datasets = dict(datasets or {})
@@ -148,7 +145,7 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
                 experiment_param=self.experiment_param,
                 artifacts=self.artifacts,
                 optimizer_param_names=(),  # logged as `lr` (see iteration_completed)
-                artifact_location=_artifact_location(self.tracking_uri),
+                artifact_location=artifact_location(self.tracking_uri),
                 reraise=(ValueError,),
             )
 
@@ -260,19 +257,28 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         best = getattr(engine.state, "best_metric", None)
         if engine.state.metrics and best is not None and best > -1:
             name = "best_" + (getattr(engine.state, "key_metric_name", None) or "metric")
+            self._best_epoch = int(getattr(engine.state, "best_metric_epoch", engine.state.epoch))
             self._log_metrics({name: best}, step=engine.state.epoch)
         self.flush()
 
     def complete(self) -> None:
-        """Flush and log the artifacts (merged config, split file, best model under ``models/``)."""
+        """Flush, log the artifacts (merged config, split file, best model under ``models/``) and
+        the best model as the run's MLflow Model."""
+        from pipeline.tracking.logged_model import log_model
+
         self.flush()
         files = [path for path in self._parse_artifacts() if Path(path).is_file()]
+        model = [self.model_file] if self.model_file and Path(self.model_file).is_file() else []
         if self.run_id is None:
             self._not_logged("artifacts", len(files))
+            self._not_logged("model", len(model))
             return
         for path in files:
             subdir = "models" if path.endswith((".pt", ".ts", ".onnx")) else None
             self._call("artifacts", self.client.log_artifact, self.run_id, path, subdir)
+        for path in model:
+            epoch = self._best_epoch
+            self._call("model", log_model, self.client, self.run_id, path, self._config, step=epoch)
 
     def exception_raised(self, engine: Engine, error: BaseException) -> None:
         self.flush()
@@ -289,11 +295,4 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
             self.cur_run = None
         if self.client is not None:
             self._call("final run status", self._dispose_sqlite_store, count=0)
-        if self.failures:
-            logger.warning(
-                "MLflow: not logged to %s (%s): %s. The checkpoints and %s hold the results.",
-                self.tracking_uri,
-                self.first_error,
-                ", ".join(f"{v} {k}" for k, v in self.failures.items()),
-                self.run_dir or "the run folder",
-            )
+        self._report_not_logged(f"The checkpoints and {self.run_dir or 'the run folder'} hold the results.")

@@ -147,6 +147,7 @@ def test_unreachable_tracking_server_costs_seconds_and_is_reported(tmp_path, pha
     assert log.count("Retrying (") <= 2, log.count("Retrying (")
     report = _not_logged(log, uri)
     assert report["run"] == 1 and report["artifacts"] == 3  # split file, model.pt, config.json
+    assert report["model"] == 1  # the MLflow Model of model.pt
     assert report["iteration metric values"] == 2 * iterations  # loss and lr
     assert report["epoch metric values"] >= len(EPOCH_METRICS) * epochs
     assert report["params and tags"] >= 20
@@ -178,7 +179,7 @@ def test_read_only_database_keeps_training_and_is_left_untouched(tmp_path, phant
 
     assert f"MLflow logging failed at {uri} (OperationalError: attempt to write a readonly database" in log
     report = _not_logged(log, uri)
-    assert report["run"] == 1 and report["artifacts"] == 3
+    assert report["run"] == 1 and report["artifacts"] == 3 and report["model"] == 1
     assert report["iteration metric values"] == 2 * iterations
     assert report["epoch metric values"] >= len(EPOCH_METRICS) * epochs
 
@@ -241,7 +242,8 @@ def test_tracking_server_killed_mid_training(tmp_path, phantom):
     report = _not_logged(log, url)
     # a batch the server stored just before dying may have lost its answer: counted in both
     assert 2 * iterations <= logged + report["iteration metric values"] <= 2 * iterations + 2
-    assert report["final run status"] == 1 and report["artifacts"] == 3
+    assert report["final run status"] == 1 and report["artifacts"] == 3 and report["model"] == 1
+    assert not stored.search_logged_models([stored.get_run(run_id).info.experiment_id])
     # the breaker: one failed call after the kill, one final status attempt; not one per iteration
     assert log.count("Retrying (") <= 4, log.count("Retrying (")
     print(f"killed server: {logged} iteration values logged, {report}")

@@ -115,6 +115,49 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
 
 
 @pytest.mark.slow
+def test_the_best_model_is_the_runs_mlflow_model(trained, monkeypatch):
+    """model.pt as a pyfunc logged model: an output of the run at the best epoch (read from the
+    checkpoint, not from MLflow), with that epoch's validation metrics, loading with pickle
+    deserialization disabled and predicting what the network loaded from model.pt predicts."""
+    import mlflow
+
+    tmp_path, workflow = trained
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'outputs' / 'mlflow.db').resolve()}")
+    run_id = json.loads(
+        (Path(workflow.parser.get_parsed_content("run_dir")) / "mlflow_run.json").read_text()
+    )["run_id"]
+    run = client.get_run(run_id)
+    ckpt_dir = Path(workflow.parser.get_parsed_content("ckpt_dir"))
+    best = torch.load(ckpt_dir / "final.pt", weights_only=True)["best_model"]
+    assert [o.step for o in run.outputs.model_outputs] == [best["best_epoch"]]
+    model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    assert model.source_run_id == run_id and model.status.to_int() == 2  # READY
+    assert model.params["network.n_filters"] == "2" and model.params["image_size"] == "64"
+    linked = {m.key: (m.value, m.step) for m in model.metrics}
+    assert linked["val_volume_dice"] == pytest.approx((best["best"], best["best_epoch"]))
+    assert linked["best_val_volume_dice"] == pytest.approx((best["best"], best["best_epoch"]))
+    assert not [key for key in linked if not key.startswith("val_") and not key.startswith("best_val_")]
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    network = workflow.parser.get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(torch.load(ckpt_dir / "model.pt", weights_only=True))
+    dataset = workflow.parser.get_parsed_content("validate#dataset")
+    x = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(min(8, len(dataset)))]).float()
+    with torch.no_grad():
+        expected = torch.sigmoid(network.eval()(x)).numpy()
+    out = loaded.predict(x.numpy())
+    assert out["probabilities"].shape == (len(x), 1, 64, 64)
+    assert abs(out["probabilities"] - expected).max() < 1e-6
+    assert (out["mask"] == (expected > 0.5)).all()
+
+
+@pytest.mark.slow
 def test_epoch_metrics_reach_mlflow_before_the_epoch_checkpoint(trained):
     """A kill between the two must not lose an epoch's metrics: a resume starts after the newest
     checkpoint, so what that checkpoint covers has to be logged already (a redone epoch is only
