@@ -1,7 +1,9 @@
 """`python -m pipeline export`: a trained model as a MONAI bundle another team runs with MONAI alone.
 
 What the bundle holds and why its inference.json needs no code of ours: :mod:`pipeline.export.layout`.
-Where the model comes from (a weights file, an MLflow run): :mod:`pipeline.export.sources`.
+Where the model comes from (a weights file, an MLflow run, a registered version):
+:mod:`pipeline.export.sources`. The model registry (``--register``, ``--alias``):
+:mod:`pipeline.export.registry`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 import torch
 
 from pipeline.export.layout import BUNDLE, MODEL_FILES, sha256, standalone_inference_config
-from pipeline.export.sources import ModelSource, network_settings, source_from_checkpoint, source_from_run
+from pipeline.export.sources import ModelSource, source_from_checkpoint, source_from_registry, source_from_run
+from pipeline.tracking.logged_model import network_settings
 from pipeline.tracking.uris import default_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -146,52 +149,6 @@ def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]
     return out, archive
 
 
-def register_bundle(source: ModelSource, bundle_dir: Path, name: str, tracking_uri: str) -> Any:
-    """Log the bundle as artifacts of its run (``bundle/``) and register that as a model version.
-
-    A checkpoint without a known run gets a new run ``export-<time>``. The version's tags hold the
-    metrics; its description the run and the headline metric.
-
-    Returns:
-        The ``ModelVersion``.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    uri = source.mlflow.get("tracking_uri") or tracking_uri
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    run_id = source.mlflow.get("run_id")
-    if not run_id:
-        experiment = client.get_experiment_by_name("lgg-segmentation")
-        experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment("lgg-segmentation")
-        )
-        run_id = client.create_run(
-            experiment_id, run_name=f"export-{time.strftime('%Y%m%d-%H%M%S')}"
-        ).info.run_id
-        client.set_terminated(run_id)
-    client.log_artifacts(run_id, str(bundle_dir), "bundle")
-    try:
-        client.create_registered_model(name, description="LGG FLAIR abnormality segmentation (MONAI bundle)")
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    headline = source.metrics.get("best_val_volume_dice")
-    description = f"MONAI bundle exported from run {run_id}"
-    if headline is not None:
-        description += f"; best validation per-volume Dice {headline:.4f}"
-    tags = {k: f"{v:.6g}" for k, v in source.metrics.items()}
-    version = client.create_model_version(
-        name,
-        source=f"{client.get_run(run_id).info.artifact_uri}/bundle",
-        run_id=run_id,
-        tags=tags,
-        description=description,
-    )
-    logger.info("Registered %s version %s (run %s) at %s", name, version.version, run_id, uri)
-    return version
-
-
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=4) + "\n")
 
@@ -200,22 +157,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", metavar="RUN_ID", help="MLflow run whose models/model.pt is exported")
     which.add_argument("--checkpoint", metavar="PATH", help="a local model.pt (or training checkpoint)")
+    which.add_argument(
+        "--model",
+        metavar="URI",
+        help="a registered version to export again: models:/NAME@ALIAS or models:/NAME/VERSION",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create (and DIR.zip)")
     parser.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db)",
     )
     parser.add_argument(
-        "--register", metavar="NAME", help="also register the bundle in MLflow's model registry"
+        "--register",
+        metavar="NAME",
+        help="also register the bundle's MLflow Model as a new version of NAME in MLflow's model registry",
+    )
+    parser.add_argument(
+        "--alias", metavar="ALIAS", help="with --register: move ALIAS (e.g. champion) to the new version"
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.export.registry import register_bundle
+
+    if args.alias and not args.register:
+        logger.error("--alias %s needs --register NAME: the alias moves to the new version", args.alias)
+        return 1
     uri = default_tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory() as workdir:
         try:
             if args.run:
                 source = source_from_run(args.run, uri, Path(workdir))
+            elif args.model:
+                source = source_from_registry(args.model, uri, Path(workdir))
             else:
                 source = source_from_checkpoint(args.checkpoint, args.tracking_uri)
             bundle_dir, archive = export_bundle(source, args.out)
@@ -223,8 +197,9 @@ def main(args: argparse.Namespace) -> int:
             logger.error("%s", error)
             return 1
         if args.register:
-            version = register_bundle(source, bundle_dir, args.register, uri)
-            print(f"registered {args.register} version {version.version}")
+            version = register_bundle(source, bundle_dir, args.register, uri, alias=args.alias)
+            alias = f", alias {args.alias}" if args.alias else ""
+            print(f"registered models:/{args.register}/{version.version}{alias}")
     for name in MODEL_FILES:
         print(f"{name}: {(bundle_dir / name).stat().st_size / 1e6:.2f} MB")
     print(f"bundle: {bundle_dir}\narchive: {archive}")

@@ -1,15 +1,26 @@
-"""Where an export comes from: a local weights file and its run folder, or an MLflow run."""
+"""Where an export comes from: a local weights file and its run folder, an MLflow run, or a
+registered model version (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.export.layout import BUNDLE
+from pipeline.tracking.logged_model import network_settings
+
+__all__ = [  # network_settings: where it was before the tracking stage needed it
+    "ModelSource",
+    "network_settings",
+    "source_from_checkpoint",
+    "source_from_registry",
+    "source_from_run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +90,58 @@ def source_from_run(run_id: str, tracking_uri: str, workdir: Path) -> ModelSourc
     )
 
 
+def _model_version(client: Any, model_uri: str) -> Any:
+    """The version named by ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
+    if match is None:
+        raise ValueError(
+            f"--model {model_uri!r} is not a registered version; expected models:/NAME@ALIAS "
+            "(e.g. models:/lgg-unet@champion) or models:/NAME/VERSION"
+        )
+    name, alias, number = match.groups()
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+
+
+def source_from_registry(model_uri: str, tracking_uri: str, workdir: Path) -> ModelSource:
+    """The weights and training config of a registered version's MLflow Model, and its run's metrics.
+
+    Raises:
+        ValueError: ``model_uri`` is not ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+        FileNotFoundError: the version, alias or its model files are not in the registry.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = _model_version(client, model_uri)
+        location = client.get_model_version_download_uri(version.name, version.version)
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(workdir / "registered"), tracking_uri=tracking_uri
+            )
+        )
+    except mlflow.exceptions.MlflowException as error:
+        raise FileNotFoundError(
+            f"{model_uri} not found at {tracking_uri} ({str(error).splitlines()[0][:200]}); list the "
+            "versions with MlflowClient().search_model_versions(\"name='NAME'\") or register one with "
+            "python -m pipeline export ... --register NAME"
+        ) from error
+    weights, config = folder / "artifacts" / "model.pt", folder / "artifacts" / "config.json"
+    if not weights.is_file() or not config.is_file():
+        raise FileNotFoundError(
+            f"{model_uri} (version {version.version}, source {version.source}) holds no artifacts/model.pt "
+            "and artifacts/config.json: it was not registered by python -m pipeline export --register"
+        )
+    metrics, info = _run_metrics(client, version.run_id) if version.run_id else ({}, {})
+    info = dict(info, registered_model=version.name, model_version=str(version.version))
+    return ModelSource(
+        checkpoint=weights,
+        config=json.loads(config.read_text()),
+        metrics=metrics,
+        mlflow=dict(info, tracking_uri=tracking_uri),
+    )
+
+
 def source_from_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None) -> ModelSource:
     """A local weights file; its run folder (``<run>/models/<file>``) gives config, run id and metrics."""
     path = Path(checkpoint).resolve()
@@ -106,11 +169,3 @@ def source_from_checkpoint(checkpoint: str | Path, tracking_uri: str | None = No
             logger.warning("MLflow run %s not readable at %s (%s)", record.get("run_id"), uri, error)
             source.mlflow = {"run_id": record.get("run_id", ""), "tracking_uri": uri or ""}
     return source
-
-
-def network_settings(config: dict) -> dict:
-    """The ``network_def`` of a merged training config with references resolved."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser(config)
-    return {key: parser.get_parsed_content(f"network_def#{key}") for key in config["network_def"]}
