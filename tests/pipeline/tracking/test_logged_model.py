@@ -125,12 +125,11 @@ def test_the_model_loads_without_pickle_and_predicts_as_the_network(
 ):
     _, model = logged
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_client.tracking_uri)
-    try:
-        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_client.tracking_uri)
+    assert mlflow.get_tracking_uri() == mlflow_client.tracking_uri, (
+        "MLflow's global tracking URI was set elsewhere"
+    )
+    loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     network = UNet(**SETTINGS)
     network.load_state_dict(torch.load(weights, weights_only=True))
     x = _slices(11)  # two chunks of 8 and 3
