@@ -12,8 +12,9 @@ load it), so loading unpickles nothing and works under MLflow's default safety s
                                 bundle from it)
     input_example.json, serving_input_example.json, requirements.txt, python_env.yaml, ...
 
-The model config (``network`` settings, ``image_size``, ``threshold``, ``batch_size``) is in the
-MLmodel file and in the logged model's params. The run lists the model as an output at the step
+The model config (``network`` settings, ``image_size``, ``threshold``, ``batch_size``, ``device``)
+is in the MLmodel file and in the logged model's params; ``mlflow.pyfunc.load_model(uri,
+model_config={"threshold": 0.4})`` overrides any of them. The run lists the model as an output at the step
 (epoch) of the weights, and the run's validation metrics of that step (``val_*``, ``best_val_*``)
 and evaluation metrics (``eval_*``) are linked to it.
 """
@@ -21,6 +22,7 @@ and evaluation metrics (``eval_*``) are linked to it.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,10 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 THRESHOLD = 0.5
 LINKED_PREFIXES = ("val_", "best_val_", "eval_")
 
+# MLflow copies the model's files with its artifact download, whose progress bars would land in
+# the training log (two per model)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 def network_settings(config: dict) -> dict:
     """The ``network_def`` of a merged training config with references resolved."""
@@ -44,7 +50,8 @@ def network_settings(config: dict) -> dict:
 
 def model_config(training_config: dict, threshold: float = THRESHOLD, batch_size: int = 8) -> dict:
     """The logged model's config: ``network`` (``_target_`` and arguments), ``image_size``,
-    ``threshold`` and ``batch_size``, from a run's merged training config.
+    ``threshold``, ``batch_size`` and ``device`` (None: CUDA when available), from a run's merged
+    training config. MLflow lets a loader override only the keys the model holds.
 
     Raises:
         ValueError: ``threshold`` outside (0, 1) or ``batch_size`` < 1.
@@ -57,7 +64,13 @@ def model_config(training_config: dict, threshold: float = THRESHOLD, batch_size
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     image_size = int(ConfigParser(training_config).get_parsed_content("image_size"))
     network = network_settings(training_config)
-    return {"network": network, "image_size": image_size, "threshold": threshold, "batch_size": batch_size}
+    return {
+        "network": network,
+        "image_size": image_size,
+        "threshold": threshold,
+        "batch_size": batch_size,
+        "device": None,
+    }
 
 
 def signature(channels: int = 3) -> Any:
@@ -177,7 +190,7 @@ def log_model(
     from mlflow.models import Model
 
     config = model_config(training_config)
-    params = {k: str(v) for k, v in flatten(config).items()}
+    params = {k: str(v) for k, v in flatten(config).items() if v is not None}
     experiment_id = client.get_run(run_id).info.experiment_id
     logged = client.create_logged_model(
         experiment_id, name=name, source_run_id=run_id, tags=tags, params=params, model_type="segmentation"

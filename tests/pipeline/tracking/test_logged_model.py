@@ -72,7 +72,13 @@ def logged(mlflow_client, weights, tmp_path_factory):
 def test_model_config_holds_what_rebuilds_the_network():
     config = model_config(_training_config(image_size="@size", size=96))
     expected = {"_target_": "networks.UNet", **SETTINGS, "init": "he"}
-    assert config == {"network": expected, "image_size": 96, "threshold": 0.5, "batch_size": 8}
+    assert config == {
+        "network": expected,
+        "image_size": 96,
+        "threshold": 0.5,
+        "batch_size": 8,
+        "device": None,
+    }
     with pytest.raises(ValueError, match="threshold must be in"):
         model_config(_training_config(), threshold=1.0)
 
@@ -143,6 +149,14 @@ def test_the_model_loads_without_pickle_and_predicts_as_the_network(
     assert 0.05 < out["mask"].mean() < 0.5
     with pytest.raises(Exception, match="shape"):
         loaded.predict(np.zeros((2, 1, 64, 64), dtype=np.float32))
+    # the model config is overridden at load time
+    threshold = float(np.quantile(expected, 0.95))  # above 0.5: the top 5 % of the pixels
+    stricter = mlflow.pyfunc.load_model(
+        f"models:/{model.model_id}", model_config={"threshold": threshold, "device": "cpu"}
+    )
+    strict_mask = stricter.predict(x.numpy())["mask"]
+    np.testing.assert_array_equal(strict_mask, (expected > threshold).astype(np.uint8))
+    assert 0 < strict_mask.sum() < out["mask"].sum()
 
 
 ISOLATED = """
