@@ -139,12 +139,9 @@ def test_the_best_model_is_the_runs_mlflow_model(trained, monkeypatch):
     assert not [key for key in linked if not key.startswith("val_") and not key.startswith("best_val_")]
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    assert mlflow.get_tracking_uri() == client.tracking_uri, "MLflow's global tracking URI was set elsewhere"
+    loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     network = workflow.parser.get_parsed_content("network_def", instantiate=True)
     network.load_state_dict(torch.load(ckpt_dir / "model.pt", weights_only=True))
     dataset = workflow.parser.get_parsed_content("validate#dataset")
