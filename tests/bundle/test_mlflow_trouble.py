@@ -244,6 +244,8 @@ def test_tracking_server_killed_mid_training(tmp_path, phantom):
     assert 2 * iterations <= logged + report["iteration metric values"] <= 2 * iterations + 2
     assert report["final run status"] == 1 and report["artifacts"] == 3 and report["model"] == 1
     assert not stored.search_logged_models([stored.get_run(run_id).info.experiment_id])
-    # the breaker: one failed call after the kill, one final status attempt; not one per iteration
-    assert log.count("Retrying (") <= 4, log.count("Retrying (")
+    # the breaker: one failed call after the kill, one final status attempt; not one per iteration.
+    # MLflow's system-metrics thread makes one failed call of its own (2 retries), then stops
+    monitor = log.count("system_metrics_monitor: Failed to get mlflow run")
+    assert monitor <= 1 and log.count("Retrying (") <= 4 + 2 * monitor, log.count("Retrying (")
     print(f"killed server: {logged} iteration values logged, {report}")
