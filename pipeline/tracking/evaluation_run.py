@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.tracking.run_inputs import dataset_inputs
+from pipeline.tracking.uris import artifact_location
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ class EvaluationTracking:
         else:
             experiment = client.get_experiment_by_name(self.experiment_name)
             experiment_id = (
-                experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
+                experiment.experiment_id
+                if experiment
+                else client.create_experiment(self.experiment_name, artifact_location(self.tracking_uri))
             )
             run = client.create_run(experiment_id, run_name=f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
             self.run_id = run.info.run_id

@@ -204,6 +204,8 @@ def prepare_data_distributed(
     n_val: int | None = None,
     seed: int = 0,
     check: bool = True,
+    phantom_hard: bool = False,
+    sampling_floor: float = 0.1,
 ) -> PreparedData:
     """``pipeline.data.prepare.prepare_data`` on every rank, rank 0 first.
 
@@ -227,6 +229,8 @@ def prepare_data_distributed(
         n_val=n_val,
         seed=seed,
         check=check,
+        phantom_hard=phantom_hard,
+        sampling_floor=sampling_floor,
     )
     if not is_distributed() or world_size() == 1:
         return prepare_data(**kwargs)

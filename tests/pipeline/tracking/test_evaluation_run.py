@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,11 @@ def test_the_figures_reach_an_mlflow_run(tmp_path, mlflow_client, monkeypatch):
     assert logged["eval_threshold_lcc_sensitivity"] == pytest.approx(0.75)
     assert logged["eval_threshold_lcc_fp_voxels_lesion_free_max"] == pytest.approx(300.0)
     assert not any("specificity" in name or "detection" in name for name in logged)
+    # the artifacts go beside the SQLite database, never into the working directory's ./mlruns
+    db = Path(mlflow_client.tracking_uri.removeprefix("sqlite:///"))
+    stored = db.parent / "mlartifacts"
+    assert [p.name for p in stored.rglob("summary.json")] == ["summary.json"]
+    assert mlflow_client.get_run(tracking.run_id).info.artifact_uri.startswith(stored.as_uri())
 
 
 def test_the_evaluated_data_is_a_dataset_input_of_the_training_run(tmp_path, mlflow_client, monkeypatch):
