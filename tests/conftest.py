@@ -9,7 +9,27 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.support import free_port, wait_until_up
+from tests.support import TINY, free_port, wait_until_up
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """The phantom of the TINY recipe (4 patients, seed 0), generated once per test session."""
+    from pipeline.data.phantom import generate_dataset
+
+    return generate_dataset(
+        tmp_path_factory.mktemp("tiny") / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0
+    )
+
+
+@pytest.fixture
+def bundle_with_phantom(tmp_path, tiny_phantom) -> Path:
+    """A bundle root whose default dataset folder (outputs/phantom_lgg) holds a copy of the tiny
+    phantom, as a first training run leaves it."""
+    import shutil
+
+    shutil.copytree(tiny_phantom, tmp_path / "outputs" / "phantom_lgg")
+    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,8 @@ def run_bundle(tmp_path: Path, **overrides):
     initialize -> check_properties() == [] -> run -> finalize. Returns the workflow."""
     from monai.bundle import ConfigWorkflow
 
+    from pipeline.tracking.provenance import record_workflow_config
+
     settings = dict(TINY, bundle_root=str(tmp_path), **overrides)
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"),
@@ -45,6 +47,7 @@ def run_bundle(tmp_path: Path, **overrides):
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+    record_workflow_config(workflow)  # a workflow built in Python has no command line to record
     workflow.run()
     workflow.finalize()
     return workflow

@@ -66,27 +66,18 @@ def command_line_config(argv: Sequence[str] | None = None) -> dict | None:
     return parser.get()
 
 
-def active_bundle_config() -> dict | None:
-    """The merged config of a workflow built in Python (``ConfigWorkflow``), which has no command line.
+def record_workflow_config(workflow: Any, handler: str = "mlflow_tracking") -> None:
+    """Hand a workflow built in Python its merged config, for ``config.json`` and MLflow.
 
-    MONAI gives a config component no handle on its parser; the parser instantiating the caller
-    is on the call stack, so its raw config is read there. Only the fallback of
-    :func:`bundle_config`: the command line is the record of a ``monai.bundle run``.
+    A ``monai.bundle run`` command line is the record of what ran (:func:`command_line_config`);
+    a ``ConfigWorkflow`` built in Python has none, and MONAI gives a config component no handle on
+    its parser. Call this between ``workflow.initialize()`` and ``workflow.run()``.
+
+    Args:
+        workflow: an initialized ``monai.bundle.ConfigWorkflow``.
+        handler: the config id of the MLflow tracking handler. Default "mlflow_tracking".
     """
-    import inspect
-
-    from monai.bundle import ConfigParser
-
-    for frame_info in inspect.stack(context=0):
-        candidate = frame_info.frame.f_locals.get("self")
-        if isinstance(candidate, ConfigParser):
-            return candidate.get()
-    return None
-
-
-def bundle_config() -> dict | None:
-    """The merged config of the running bundle: from the command line, else from the workflow."""
-    return command_line_config() or active_bundle_config()
+    workflow.parser.get_parsed_content(handler).config = workflow.parser.get()
 
 
 # ``monai.bundle run`` arguments that are not config overrides

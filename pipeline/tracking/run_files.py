@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from pipeline.atomic import write_json
+
+logger = logging.getLogger(__name__)
 
 RUN_RECORD = "mlflow_run.json"
 CONFIG = "config.json"
@@ -33,8 +36,20 @@ def write_run_record(run_dir: str | Path, run_id: str, tracking_uri: str | None,
     return write_json(_folder(run_dir) / RUN_RECORD, record)
 
 
-def write_config(run_dir: str | Path, config: dict) -> Path:
-    """Write the merged config to ``<run_dir>/config.json`` (atomically); its path."""
+def write_config(run_dir: str | Path, config: dict | None) -> Path | None:
+    """Write the merged config to ``<run_dir>/config.json`` (atomically); its path.
+
+    None, with a warning saying how to record it, when there is no config: a workflow built in
+    Python has no command line to rebuild it from (:mod:`pipeline.tracking.provenance`).
+    """
+    if config is None:
+        logger.warning(
+            "%s/%s is not written: a workflow built in Python has no command line to record; call "
+            "pipeline.tracking.provenance.record_workflow_config(workflow) before workflow.run()",
+            run_dir,
+            CONFIG,
+        )
+        return None
     return write_json(_folder(run_dir) / CONFIG, config)
 
 

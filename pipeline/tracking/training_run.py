@@ -33,7 +33,7 @@ from monai.handlers import MLFlowHandler
 from pipeline.tracking import run_files
 from pipeline.tracking.guard import MLflowGuard, creation_lock
 from pipeline.tracking.monai_switch import refuse_second_tracker
-from pipeline.tracking.provenance import bundle_config, flatten, git_commit
+from pipeline.tracking.provenance import command_line_config, flatten, git_commit
 from pipeline.tracking.run_inputs import SystemMetrics, dataset_inputs
 from pipeline.tracking.uris import artifact_location
 
@@ -127,7 +127,7 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         self._kind = "epoch"
         self.datasets = dict(datasets or {})
         self.system_metrics = SystemMetrics(system_metrics_interval) if system_metrics else None
-        self._config = bundle_config() if enabled else None
+        self.config = command_line_config() if enabled else None  # the merged config, recorded
         if not enabled:
             return
         with creation_lock(self.tracking_uri):
@@ -206,9 +206,9 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
         from mlflow.entities import RunTag
 
         self._started = True
-        if self.run_dir is not None and self._config is not None:  # with or without MLflow
-            path = str(run_files.write_config(self.run_dir, self._config))
-            self.artifacts = (*self.artifacts, path) if path not in self.artifacts else self.artifacts
+        path = run_files.write_config(self.run_dir, self.config) if self.run_dir else None  # MLflow or not
+        if path is not None and str(path) not in self.artifacts:
+            self.artifacts = (*self.artifacts, str(path))
         commit = git_commit(Path(__file__).resolve().parent)
         tags = {**self.tags, **({"git_commit": commit} if commit else {})}
         if self.client is not None:
@@ -278,7 +278,7 @@ class MLflowTracking(MLflowGuard, MLFlowHandler):
             self._call("artifacts", self.client.log_artifact, self.run_id, path, subdir)
         for path in model:
             epoch = self._best_epoch
-            self._call("model", log_model, self.client, self.run_id, path, self._config, step=epoch)
+            self._call("model", log_model, self.client, self.run_id, path, self.config, step=epoch)
 
     def exception_raised(self, engine: Engine, error: BaseException) -> None:
         self.flush()

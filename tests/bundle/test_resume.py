@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data.phantom import generate_dataset
 from tests.support import CONFIGS, TINY, bundle_command, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +51,8 @@ def _last_epoch(models: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
-    generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
+def test_killed_and_resumed_run_matches_an_uninterrupted_run(bundle_with_phantom):
+    tmp_path = bundle_with_phantom
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run(_command(tmp_path, "baseline", False), cwd=ROOT, env=env, check=True, capture_output=True)
     # this machine's epoch time, from the baseline's checkpoint times (the last 3 are kept)

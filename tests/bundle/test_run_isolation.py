@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.phantom import generate_dataset
-from tests.support import TINY, bundle_command
+from tests.support import bundle_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,9 +32,8 @@ def _run_record(run_dir: Path) -> dict:
 
 
 @pytest.fixture
-def outputs(tmp_path):
-    generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
-    return tmp_path
+def outputs(bundle_with_phantom):
+    return bundle_with_phantom
 
 
 @pytest.mark.slow

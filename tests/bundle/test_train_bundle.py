@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import one_cycle_lr, run_bundle
+from tests.support import CONFIGS, TINY, one_cycle_lr, run_bundle
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,27 @@ def test_the_last_epoch_is_validated_whatever_val_interval(tmp_path):
     # `system_metrics false` turns MLflow's system metrics off
     metrics = client.get_run(record["run_id"]).data.metrics
     assert "val_volume_dice" in metrics and not [k for k in metrics if k.startswith("system/")]
+
+
+@pytest.mark.slow
+def test_a_workflow_built_in_python_records_its_config_only_when_handed_it(tmp_path, caplog):
+    """No command line to rebuild the merged config from: without record_workflow_config the run
+    says how to record it and writes no config.json (run_bundle, which calls it, writes one)."""
+    import logging
+
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        **dict(TINY, bundle_root=str(tmp_path), epochs=1, system_metrics=False),
+    )
+    workflow.initialize()
+    with caplog.at_level(logging.WARNING):
+        workflow.run()
+    workflow.finalize()
+    run_dir = Path(workflow.parser.get_parsed_content("run_dir"))
+    assert (run_dir / "models" / "model.pt").is_file() and not (run_dir / "config.json").exists()
+    assert any("record_workflow_config(workflow)" in r.getMessage() for r in caplog.records)

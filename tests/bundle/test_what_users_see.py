@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.phantom import generate_dataset
-from tests.support import TINY, bundle_command
+from tests.support import bundle_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,10 +53,10 @@ def test_the_last_line_is_our_message(tmp_path, overrides, last_line):
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tmp_path):
+def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(bundle_with_phantom):
     from mlflow import MlflowClient
 
-    generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
+    tmp_path = bundle_with_phantom
     process = subprocess.Popen(
         _command(tmp_path, epochs=30, run_name="long"),
         cwd=ROOT,
@@ -126,10 +125,10 @@ def test_monai_tracking_switch_is_refused_before_training_with_how_to_log_elsewh
 
 
 @pytest.mark.slow
-def test_the_end_of_run_summary_gives_commands_that_work(tmp_path):
+def test_the_end_of_run_summary_gives_commands_that_work(bundle_with_phantom):
     from mlflow import MlflowClient
 
-    generate_dataset(tmp_path / "outputs" / "phantom_lgg", n_patients=TINY["phantom_patients"], seed=0)
+    tmp_path = bundle_with_phantom
     done = subprocess.run(
         _command(tmp_path, epochs=1, run_name="summary"), cwd=ROOT, env=_env(), capture_output=True, text=True
     )
