@@ -6,6 +6,7 @@ Test modules import from here, never from each other.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -30,21 +31,25 @@ TINY = {
 }
 
 
-def run_bundle(tmp_path: Path, **overrides):
-    """train.json with TINY and ``overrides`` through MONAI's ConfigWorkflow, in this process:
-    initialize -> check_properties() == [] -> run -> finalize. Returns the workflow."""
+def bundle_workflow(tmp_path: Path, **overrides):
+    """train.json with TINY and ``overrides`` as MONAI's ConfigWorkflow (not initialized yet)."""
     from monai.bundle import ConfigWorkflow
 
-    from pipeline.tracking.provenance import record_workflow_config
-
-    settings = dict(TINY, bundle_root=str(tmp_path), **overrides)
-    workflow = ConfigWorkflow(
+    return ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"),
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=False,
         workflow_type="train",
-        **settings,
+        **dict(TINY, bundle_root=str(tmp_path), **overrides),
     )
+
+
+def run_bundle(tmp_path: Path, **overrides):
+    """train.json with TINY and ``overrides`` through MONAI's ConfigWorkflow, in this process:
+    initialize -> check_properties() == [] -> run -> finalize. Returns the workflow."""
+    from pipeline.tracking.provenance import record_workflow_config
+
+    workflow = bundle_workflow(tmp_path, **overrides)
     workflow.initialize()
     assert workflow.check_properties() == []
     record_workflow_config(workflow)  # a workflow built in Python has no command line to record
@@ -82,19 +87,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    """Wait for an ``mlflow server`` at ``url`` to answer /health; raise with its log if it dies."""
+def wait_until_up(
+    url: str,
+    process: subprocess.Popen,
+    log: Path,
+    seconds: float = 90,
+    path: str = "/health",
+    what: str = "mlflow server",
+) -> None:
+    """Wait for a server at ``url`` to answer ``path`` with 200 (``mlflow server``: /health,
+    ``mlflow models serve``: /ping); raise with its log if it dies or does not come up."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            with urllib.request.urlopen(url + path, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"mlflow server not up after {seconds} s:\n{log.read_text()[-2000:]}")
+    raise TimeoutError(f"{what} not up after {seconds} s:\n{log.read_text()[-3000:]}")
 
 
 def world_of_one_workflow(monkeypatch, bundle_root: Path, **overrides):
@@ -110,4 +123,19 @@ def world_of_one_workflow(monkeypatch, bundle_root: Path, **overrides):
         logging_file=False,
         workflow_type="train",
         **dict(TINY, bundle_root=str(bundle_root), **overrides),
+    )
+
+
+def run_isolated(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a Python that cannot import this repository: ``-I`` (no cwd, no PYTHONPATH, no
+    user site) and ``-S`` (no site-packages .pth files, so not the editable install), with
+    PYTHONPATH and PYTHONHOME removed from the environment and ``env`` added."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code],
+        cwd=cwd,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )

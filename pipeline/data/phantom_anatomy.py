@@ -92,14 +92,25 @@ def ellipsoid(u: np.ndarray, v: np.ndarray, z: np.ndarray, centre, axes) -> np.n
     return np.sqrt(q[None] + (((z - centre[2]) / axes[2]) ** 2)[:, None, None])
 
 
-def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
-    """One patient's slices: images (n, 256, 256, 3) uint8 and masks (n, 256, 256) uint8 0/255."""
-    rng = np.random.default_rng(patient.seed)
-    n = patient.n_slices
-    a, b, c = rng.uniform(68, 80), rng.uniform(84, 98), rng.uniform(64, 76)  # brain semi-axes, px
-    c_low = c * rng.uniform(1.1, 1.3)  # the brain is flatter below its centre
+def head_geometry(rng: np.random.Generator, n: int, lowest: tuple[float, float]):
+    """A head's shape and its sampling grid, drawn from ``rng`` (the draws in a fixed order).
+
+    Args:
+        rng: the patient's generator.
+        n: slices.
+        lowest: the range of the lowest slice, as a fraction of the brain's semi-axis below its
+            centre (the default phantom 0.75-0.95; the hard one reaches lower, 0.85-1.0).
+
+    Returns:
+        ``((a, b, c, c_low, scalp, skull, csf), z, dz, u, v, zn)``: the brain's semi-axes (px; below
+        its centre ``c_low``, as the brain is flatter there) and layer widths, the slice heights
+        ``z`` (n,) and their step, the rotated and shifted in-plane coordinates ``u``, ``v``
+        (SIZE, SIZE), and the normalised heights ``zn``; all float32.
+    """
+    a, b, c = rng.uniform(68, 80), rng.uniform(84, 98), rng.uniform(64, 76)
+    c_low = c * rng.uniform(1.1, 1.3)
     scalp, skull, csf = rng.uniform(5, 9), rng.uniform(4, 7), rng.uniform(1.5, 3)
-    z = np.linspace(-rng.uniform(0.75, 0.95) * c_low, c + rng.uniform(0.4, 0.8) * (scalp + skull), n)
+    z = np.linspace(-rng.uniform(*lowest) * c_low, c + rng.uniform(0.4, 0.8) * (scalp + skull), n)
     z = z.astype(np.float32)
     dz = float(z[1] - z[0])
     angle = rng.uniform(-0.25, 0.25)
@@ -108,6 +119,14 @@ def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
     u = (np.cos(angle) * x + np.sin(angle) * y).astype(np.float32)
     v = (-np.sin(angle) * x + np.cos(angle) * y).astype(np.float32)
     zn = np.where(z >= 0, z / c, z / c_low).astype(np.float32)
+    return (a, b, c, c_low, scalp, skull, csf), z, dz, u, v, zn
+
+
+def render_patient(patient: PatientPlan) -> tuple[np.ndarray, np.ndarray]:
+    """One patient's slices: images (n, 256, 256, 3) uint8 and masks (n, 256, 256) uint8 0/255."""
+    rng = np.random.default_rng(patient.seed)
+    n = patient.n_slices
+    (a, b, c, c_low, scalp, skull, csf), z, dz, u, v, zn = head_geometry(rng, n, (0.75, 0.95))
     jitter = rng.uniform(0.92, 1.08, size=(len(TISSUES), 3))
     tissue = {k: tuple(float(x) for x in np.multiply(t, j)) for (k, t), j in zip(TISSUES.items(), jitter)}
     fat = (0.9, rng.uniform(0.65, 1.05), 0.9)  # scalp fat: bright in T1 and in FLAIR

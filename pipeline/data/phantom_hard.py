@@ -23,7 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data import phantom_inferior as inferior
-from pipeline.data.phantom_anatomy import SIZE, TISSUES, Noise, PatientPlan, ellipsoid, paint, ramp
+from pipeline.data.phantom_anatomy import (
+    SIZE,
+    TISSUES,
+    Noise,
+    PatientPlan,
+    ellipsoid,
+    head_geometry,
+    paint,
+    ramp,
+)
 
 _FIELDS = {"surface": 40, "gyri": 10, "sulci": 14, "spots": 6, "patches": 12, "vessels": 16}
 _FIELDS |= {"vessel_gate": 30, "bright_vessels": 18, "bright_gate": 30, "folia": 5}
@@ -113,18 +122,7 @@ def render_hard_patient(patient: PatientPlan, options: HardOptions) -> tuple[np.
     """One hard patient: images (n, 256, 256, 3) uint8 and masks (n, 256, 256) uint8 0/255."""
     rng = np.random.default_rng(patient.seed)
     n = patient.n_slices
-    a, b, c = rng.uniform(68, 80), rng.uniform(84, 98), rng.uniform(64, 76)  # brain semi-axes, px
-    c_low = c * rng.uniform(1.1, 1.3)
-    scalp, skull, csf = rng.uniform(5, 9), rng.uniform(4, 7), rng.uniform(1.5, 3)
-    z = np.linspace(-rng.uniform(0.85, 1.0) * c_low, c + rng.uniform(0.4, 0.8) * (scalp + skull), n)
-    z = z.astype(np.float32)
-    dz = float(z[1] - z[0])
-    angle = rng.uniform(-0.25, 0.25)
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) - np.float32(SIZE / 2 - 0.5)
-    x, y = x - rng.normal(0, 4), y - rng.normal(0, 4)
-    u = (np.cos(angle) * x + np.sin(angle) * y).astype(np.float32)
-    v = (-np.sin(angle) * x + np.cos(angle) * y).astype(np.float32)
-    zn = np.where(z >= 0, z / c, z / c_low).astype(np.float32)
+    (a, b, c, c_low, scalp, skull, csf), z, dz, u, v, zn = head_geometry(rng, n, (0.85, 1.0))
     zn_head = np.where(z >= 0, z / c, z / (1.35 * c_low)).astype(np.float32)  # the skull base is wide
     tissue = _tissues(rng)
     white = tissue["white"]

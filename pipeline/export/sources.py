@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.export.layout import BUNDLE
-from pipeline.tracking.logged_model import network_settings
 
-__all__ = [  # network_settings: where it was before the tracking stage needed it
+__all__ = [
     "ModelSource",
-    "network_settings",
     "source_from_checkpoint",
     "source_from_registry",
     "source_from_run",

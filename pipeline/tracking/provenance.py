@@ -28,6 +28,31 @@ def git_commit(path: str | Path = ".") -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def bundle_arguments(argv: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ``--config_file`` files and the other ``--key value`` pairs (in order, values as typed)
+    of a ``python -m monai.bundle run`` command line; words without ``--`` (``run training``) skip.
+
+    Args:
+        argv: the command line after the program name. Default None reads ``sys.argv[1:]``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    files: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        if not args[i].startswith("--") or i + 1 == len(args):
+            i += 1
+            continue
+        key, value = args[i][2:], args[i + 1]
+        if key == "config_file":
+            parsed = ast.literal_eval(value) if value.startswith("[") else value
+            files = [parsed] if isinstance(parsed, str) else list(parsed)
+        else:
+            pairs.append((key, value))
+        i += 2
+    return files, pairs
+
+
 def command_line_config(argv: Sequence[str] | None = None) -> dict | None:
     """The merged config (files, then overrides) of a ``python -m monai.bundle run`` command line.
 
@@ -41,28 +66,17 @@ def command_line_config(argv: Sequence[str] | None = None) -> dict | None:
 
     Returns:
         The raw (unresolved) merged config, or None when the command names no ``--config_file``
-        (a workflow built in Python, e.g. ``ConfigWorkflow``: its caller holds ``parser.get()``).
+        (a workflow built in Python, e.g. ``ConfigWorkflow``: see :func:`record_workflow_config`).
     """
     from fire.parser import DefaultParseValue
     from monai.bundle import ConfigParser
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    files: list[str] = []
-    overrides: dict[str, Any] = {}
-    for i, arg in enumerate(args[:-1]):
-        if not arg.startswith("--"):
-            continue
-        key, value = arg[2:], args[i + 1]
-        if key == "config_file":
-            parsed = ast.literal_eval(value) if value.startswith("[") else value
-            files = [parsed] if isinstance(parsed, str) else list(parsed)
-        elif key not in _RUN_ARGS:
-            overrides[key] = DefaultParseValue(value)
+    files, pairs = bundle_arguments(argv)
     if not files:
         return None
     parser = ConfigParser()
     parser.read_config(files)
-    parser.update(overrides)
+    parser.update({key: DefaultParseValue(value) for key, value in pairs if key not in _RUN_ARGS})
     return parser.get()
 
 

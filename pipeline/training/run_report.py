@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import sys
 from typing import Any
 
 from ignite.engine import Engine, Events
 
 from pipeline.errors import set_interrupt_notice
+from pipeline.tracking.provenance import bundle_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -78,25 +78,8 @@ class InterruptNotice:
 
 def _cli_args(drop: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(config files, other arguments) of this process's bundle command, without the ``drop`` options."""
-    import ast
-
-    configs, args, argv, i = [], [], sys.argv[1:], 0
-    while i < len(argv):
-        arg = argv[i]
-        value = argv[i + 1] if i + 1 < len(argv) else ""
-        if arg == "--config_file":
-            parsed = ast.literal_eval(value) if value.startswith("[") else value
-            configs = [parsed] if isinstance(parsed, str) else list(parsed)
-            i += 2
-        elif arg in drop:
-            i += 2
-        else:
-            if arg.startswith("--") and i + 1 < len(argv):
-                args += [arg, value]
-                i += 2
-            else:
-                i += 1  # `run training`: the command itself
-    return configs, args
+    configs, pairs = bundle_arguments()
+    return configs, [word for key, value in pairs if f"--{key}" not in drop for word in (f"--{key}", value)]
 
 
 def _quote(word: str) -> str:

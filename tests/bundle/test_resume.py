@@ -111,7 +111,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(bundle_with_phantom
         torch.testing.assert_close(resumed[key], base[key], atol=1e-5, rtol=1e-5)
     # one source of best: model.pt and the export's headline (metadata eval_metrics, from MLflow)
     from pipeline.export.build import build_metadata
-    from pipeline.export.sources import network_settings, source_from_checkpoint
+    from pipeline.export.sources import source_from_checkpoint
+    from pipeline.tracking.logged_model import network_settings
 
     headlines = []
     for run in ("baseline", "killed"):

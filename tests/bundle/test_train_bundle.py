@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import CONFIGS, TINY, one_cycle_lr, run_bundle
+from tests.support import bundle_workflow, one_cycle_lr, run_bundle
 
 
 @pytest.fixture(scope="module")
@@ -195,15 +195,7 @@ def test_a_workflow_built_in_python_records_its_config_only_when_handed_it(tmp_p
     says how to record it and writes no config.json (run_bundle, which calls it, writes one)."""
     import logging
 
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        **dict(TINY, bundle_root=str(tmp_path), epochs=1, system_metrics=False),
-    )
+    workflow = bundle_workflow(tmp_path, epochs=1, system_metrics=False)
     workflow.initialize()
     with caplog.at_level(logging.WARNING):
         workflow.run()

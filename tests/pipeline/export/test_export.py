@@ -8,10 +8,7 @@ when rows and columns are swapped, so an orientation or resizing mistake shows.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import sysconfig
 import zipfile
 
@@ -29,6 +26,7 @@ from pipeline.export.sources import source_from_checkpoint
 from pipeline.export.verify import verify_bundle
 from pipeline.inference.workflow import run_inference
 from tests.pipeline.export.support import IMAGE_SIZE, NETWORK, ROOT, phantom_slices
+from tests.support import run_isolated
 
 
 def test_bundle_layout_zip_and_metadata(exported, run_dir):
@@ -176,16 +174,7 @@ def test_clean_consumer_runs_the_bundle_with_monai_alone(exported, run_dir, phan
         out=str(theirs),
         repo=str(ROOT) + "/",
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    # -I: no cwd, no PYTHONPATH, no user site; -S: no site-packages .pth files (the editable install)
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_isolated(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"repo_modules": []}
 

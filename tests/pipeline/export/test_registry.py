@@ -34,7 +34,7 @@ from pipeline.export.verify import verify_bundle
 from pipeline.inference.preprocessing import image_preprocessing
 from pipeline.inference.workflow import find_inputs, run_inference
 from tests.pipeline.export.support import IMAGE_SIZE, NETWORK
-from tests.support import free_port
+from tests.support import free_port, wait_until_up
 
 NAME = "lgg-unet"
 
@@ -176,22 +176,6 @@ def _slices(phantom: Path) -> torch.Tensor:
     return torch.stack([chain({"image": str(path)})["image"] for path in patient.slices])
 
 
-def _wait_for_ping(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"mlflow models serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow models serve not up after {seconds} s:\n{log.read_text()[-3000:]}")
-
-
 def _stop(server: subprocess.Popen, seconds: float = 30) -> None:
     """Stop ``mlflow models serve`` by its PID, which leads the process group of its uvicorn
     process; return once no process of the group is left (SIGKILL after ``seconds``)."""
@@ -234,7 +218,7 @@ def test_the_champion_served_returns_the_masks_of_this_projects_inference(store,
             command, stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True
         )
     try:
-        _wait_for_ping(url, server, log)
+        wait_until_up(url, server, log, seconds=180, path="/ping", what="mlflow models serve")
         up = time.monotonic() - started
         x = _slices(phantom)
         request = urllib.request.Request(

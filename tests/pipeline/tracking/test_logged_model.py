@@ -9,9 +9,6 @@ lesion: masks that are neither empty nor full, so a comparison of masks means so
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from mlflow.entities import Metric
 
 from networks import UNet
 from pipeline.tracking.logged_model import download_model, input_example, log_model, model_config
-from tests.support import CONFIGS
+from tests.support import CONFIGS, run_isolated
 
 SETTINGS = {"channels_in": 3, "n_classes": 1, "depth": 3, "n_filters": 2, "dropout": 0.6}
 
@@ -176,16 +173,7 @@ def test_the_model_loads_without_this_repository(mlflow_client, logged, tmp_path
     _, model = logged
     folder = str(download_model(mlflow_client, model.model_id, tmp_path))
     code = ISOLATED.format(site=sysconfig.get_paths()["purelib"], folder=folder)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_isolated(code, tmp_path, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["networks"].startswith(str(folder)) and found["shape"] == [2, 1, 64, 64]
