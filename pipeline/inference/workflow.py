@@ -31,8 +31,10 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose
 
 import transforms
-from pipeline.inference.inputs import CHANNELS, InferenceInput, find_inputs, read_volume
+from pipeline.inference.input_record import CHANNELS, InferenceInput
+from pipeline.inference.inputs import find_inputs
 from pipeline.inference.preprocessing import image_preprocessing
+from pipeline.inference.volumes import read_volume
 from pipeline.inference.writers import CSV_NAME, MaskWriter
 
 __all__ = [

@@ -36,7 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.atomic import write_atomically
-from pipeline.inference.inputs import InferenceInput
+from pipeline.inference.input_record import InferenceInput
 
 logger = logging.getLogger(__name__)
 
