@@ -1,10 +1,26 @@
-"""Inference on new scans: lesion masks per slice and per volume, and a table of lesion volumes.
+"""Inference on new scans: lesion masks per slice and per volume, lesion volumes and a report.
 
 The entry points (bundle/configs/inference.json and :func:`run_inference`): :func:`find_inputs`
 finds kaggle_3m TIFF patient folders and 3-D volumes (NIfTI, NRRD, MetaImage, DICOM) under
 ``dataset_dir``; :class:`SliceDataset` feeds their slices, preprocessed as in training, to the
-network; :class:`MaskWriter` writes each input's masks in its own format and
-``lesion_volumes.csv``.
+network; :class:`MaskWriter` writes each input's masks in its own format (and a DICOM
+Segmentation for DICOM FLAIR), ``lesion_volumes.csv``, ``report.html`` and ``failures.csv``.
+
+Decisions on the run (the engine stays MONAI's SupervisedEvaluator):
+
+- Memory: one volume is read and cached at a time (inputs come in order), and the writer frees
+  an input's slices once it is written: a run of any size holds about one patient.
+- A bad input does not stop the run. Inputs found unusable (:attr:`InferenceInput.error`) and
+  inputs kept by ``skip_existing`` (``skip``) have no slices in the dataset. A volume that
+  fails to read while the run goes on (a truncated file, a slice count that disagrees with its
+  header, an unreadable TIFF slice) gives placeholder items: zeros as image, ``error`` set
+  (the read is tried once per volume, not once per slice); the writer records the failure and
+  writes nothing for that input. Every item has the key ``error`` ("" when read), so batches
+  collate.
+- At the end the writer raises :class:`pipeline.inference.run_summary.InferenceFailed` when an
+  input failed, after all other outputs are written; ``python -m monai.bundle run`` then exits
+  non-zero. An evaluator with no slice at all (everything kept or failed) fires no COMPLETED
+  event: :meth:`MaskWriter.ensure_finished` after ``evaluator.run()`` writes the outputs then.
 
 Per slice, as in training (the chain of train.json, :mod:`pipeline.inference.preprocessing`):
 min-max scaling to [0, 1] over the slice (all channels together), resize to ``image_size`` (area).
@@ -18,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +50,12 @@ import transforms
 from pipeline.inference.input_record import CHANNELS, InferenceInput
 from pipeline.inference.inputs import find_inputs
 from pipeline.inference.preprocessing import image_preprocessing
+from pipeline.inference.run_summary import InferenceFailed
 from pipeline.inference.volumes import read_volume
-from pipeline.inference.writers import CSV_NAME, MaskWriter
+from pipeline.inference.writers import MaskWriter
 
 __all__ = [
+    "InferenceFailed",
     "InferenceInput",
     "MaskWriter",
     "SliceDataset",
@@ -68,7 +86,8 @@ class SliceDataset(torch.utils.data.Dataset):
     """The slices of all inputs, in input then slice order, preprocessed for the network.
 
     Items: ``{"image": (3, S, S) float32, "input": index into inputs, "slice": 0-based position,
-    "height": H, "width": W}`` (H x W: the slice before resizing).
+    "height": H, "width": W, "error": ""}`` (H x W: the slice before resizing). A slice that
+    cannot be read is a placeholder: zeros as image, ``error`` the reason naming the file.
 
     Args:
         data: the inputs, from :func:`find_inputs`.
@@ -76,6 +95,8 @@ class SliceDataset(torch.utils.data.Dataset):
         slice_transform: preprocessing of ``{"image": (3, H, W) array}``, a volume slice; it
             should be ``transform`` without its loading steps. Default: ``transform`` minus its
             first two transforms (LoadImaged, EnsureChannelFirstd), without metadata tracking.
+        skip: names of inputs to leave out (no slices), e.g. :attr:`MaskWriter.skipped`; inputs
+            with an ``error`` are always left out.
 
     When ``transform`` is a Compose, a TIFF slice is loaded by its first two transforms (with
     MONAI's metadata, which EnsureChannelFirstd reads) and the rest is ``slice_transform``: the
@@ -89,8 +110,10 @@ class SliceDataset(torch.utils.data.Dataset):
         data: Sequence[InferenceInput],
         transform: Callable[[dict], dict],
         slice_transform: Callable[[dict], dict] | None = None,
+        skip: Collection[str] = (),
     ) -> None:
         self.inputs = list(data)
+        self.skip = frozenset(skip)
         self.transform = transform
         if slice_transform is None:
             if not isinstance(transform, Compose):
@@ -98,23 +121,53 @@ class SliceDataset(torch.utils.data.Dataset):
             slice_transform = transforms.ComposeWithoutMeta(list(transform.transforms[2:]))
         self.slice_transform = slice_transform
         self.load = Compose(list(transform.transforms[:2])) if isinstance(transform, Compose) else None
-        self.starts = np.cumsum([0] + [inp.n_slices for inp in self.inputs]).tolist()
-        self._cached: tuple[int, np.ndarray] | None = None
+        counts = [0 if inp.error or inp.name in self.skip else inp.n_slices for inp in self.inputs]
+        self.starts = np.cumsum([0, *counts]).tolist()
+        self._cached: tuple[int, np.ndarray | str] | None = None
+        self._placeholder: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.starts[-1]
 
-    def _volume(self, index: int) -> np.ndarray:
+    def _volume(self, index: int) -> np.ndarray | str:
+        """The slices of input ``index``, or the error reading them (both cached: one volume at a time)."""
         if self._cached is None or self._cached[0] != index:
             self._cached = None  # free the previous volume before reading the next one
-            slices = read_volume(self.inputs[index])
-            if len(slices) != self.inputs[index].n_slices:
-                raise ValueError(
-                    f"{self.inputs[index].path}: read {len(slices)} slices, its header says "
-                    f"{self.inputs[index].n_slices}"
-                )
+            try:
+                slices: np.ndarray | str = read_volume(self.inputs[index])
+                if len(slices) != self.inputs[index].n_slices:
+                    slices = (
+                        f"{self.inputs[index].path}: read {len(slices)} slices, its header says "
+                        f"{self.inputs[index].n_slices}; is the file complete?"
+                    )
+            except Exception as error:  # the run goes on; the writer reports it
+                slices = str(error) or f"cannot read {self.inputs[index].path}: {type(error).__name__}"
             self._cached = (index, slices)
         return self._cached[1]
+
+    def _placeholder_item(self, index: int, position: int, error: str) -> dict[str, Any]:
+        if self._placeholder is None:
+            self._placeholder = torch.as_tensor(
+                self.slice_transform({"image": torch.zeros(3, 8, 8)})["image"]
+            )
+            self._placeholder = torch.zeros_like(self._placeholder, dtype=torch.float32)
+        size = self._placeholder.shape[-2:]
+        return {
+            "image": self._placeholder.clone(),
+            "input": index,
+            "slice": position,
+            "height": int(size[0]),
+            "width": int(size[1]),
+            "error": error,
+        }
+
+    def _tiff_slice(self, path: Path) -> tuple[Any, int, int]:
+        if self.load is not None:
+            loaded = self.load({"image": str(path)})["image"]
+            height, width = loaded.shape[1:]
+            loaded = loaded.as_tensor() if hasattr(loaded, "as_tensor") else loaded
+            return self.slice_transform({"image": loaded})["image"], height, width
+        return self.transform({"image": str(path)})["image"], *_tiff_shape(path)
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         if not 0 <= item < len(self):
@@ -123,24 +176,34 @@ class SliceDataset(torch.utils.data.Dataset):
         position = item - self.starts[index]
         inp = self.inputs[index]
         if inp.kind == "tiff":
-            path = inp.slices[position]
-            source: Path = path
-            if self.load is not None:
-                loaded = self.load({"image": str(path)})["image"]
-                height, width = loaded.shape[1:]
-                loaded = loaded.as_tensor() if hasattr(loaded, "as_tensor") else loaded
-                image = self.slice_transform({"image": loaded})["image"]
-            else:
-                image = self.transform({"image": str(path)})["image"]
-                height, width = _tiff_shape(path)
+            source: Path = inp.slices[position]
+            try:
+                image, height, width = self._tiff_slice(source)
+            except Exception as error:  # a truncated or unreadable slice: the run goes on
+                reason = (str(error).strip().splitlines() or [""])[0]
+                return self._placeholder_item(
+                    index,
+                    position,
+                    f"cannot read {source}: {type(error).__name__}: {reason} (is the file complete?)",
+                )
         else:
-            raw = self._volume(index)[position]
+            volume = self._volume(index)
+            if isinstance(volume, str):
+                return self._placeholder_item(index, position, volume)
+            raw = volume[position]
             image = self.slice_transform({"image": raw})["image"]
             height, width = raw.shape[1:]
             source = inp.path
         if image.shape[0] != 3:
             raise ValueError(f"{source} has {image.shape[0]} channels: expected RGB slices ({CHANNELS})")
-        return {"image": image, "input": index, "slice": position, "height": height, "width": width}
+        return {
+            "image": image,
+            "input": index,
+            "slice": position,
+            "height": height,
+            "width": width,
+            "error": "",
+        }
 
 
 def run_inference(
@@ -151,8 +214,12 @@ def run_inference(
     threshold: float = 0.5,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
+    largest_component: bool = False,
+    skip_existing: bool = False,
+    report: bool = True,
+    model_info: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Segment every input under ``dataset_dir`` and write the masks and lesion volumes.
+    """Segment every input under ``dataset_dir`` and write the masks, lesion volumes and report.
 
     The same engine as bundle/configs/inference.json: a SupervisedEvaluator over a
     :class:`SliceDataset`, sigmoid post-processing and a :class:`MaskWriter`.
@@ -165,13 +232,31 @@ def run_inference(
         threshold: probability threshold. Default 0.5.
         device: default "cpu".
         batch_size: slices per forward pass. Default 8.
+        largest_component: keep only each input's largest 3-D connected component. Default False.
+        skip_existing: do not segment again the inputs whose outputs exist (resume). Default False.
+        report: write ``report.html``. Default True.
+        model_info: the model's identity for the report and DICOM Segmentations
+            (:func:`pipeline.inference.model_identity.model_identity`). Default None: "unknown".
 
     Returns:
         The path of ``lesion_volumes.csv``.
+
+    Raises:
+        InferenceFailed: some input could not be segmented (after all other outputs are written;
+            ``failures.csv`` lists them).
     """
     inputs = find_inputs(dataset_dir)
-    dataset = SliceDataset(inputs, tiff_preprocessing(image_size))
-    writer = MaskWriter(inputs, output_dir, threshold)
+    writer = MaskWriter(
+        inputs,
+        output_dir,
+        threshold,
+        largest_component=largest_component,
+        skip_existing=skip_existing,
+        report=report,
+        model_info=model_info,
+        dataset_dir=dataset_dir,
+    )
+    dataset = SliceDataset(inputs, tiff_preprocessing(image_size), skip=writer.skipped)
     evaluator = SupervisedEvaluator(
         device=torch.device(device),
         val_data_loader=DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0),
@@ -181,4 +266,4 @@ def run_inference(
         val_handlers=[writer],
     )
     evaluator.run()
-    return Path(output_dir) / CSV_NAME
+    return writer.ensure_finished()

@@ -1,101 +1,151 @@
-"""Writing the lesion masks of inference in the format of each input, and ``lesion_volumes.csv``.
+"""Writing the outputs of inference: masks per input, ``lesion_volumes.csv``, ``report.html``.
 
-Per slice, the probabilities are resized back to the slice's shape (bilinear) and thresholded:
-lesion where sigmoid(logit) > ``threshold``.
+:class:`MaskWriter` collects the per-slice probabilities of an evaluator. Per slice they are
+resized back to the slice's shape (bilinear) and thresholded: lesion where sigmoid(logit) >
+``threshold``. When the last slice of an input arrives its outputs are written and its slices
+freed, so at most the inputs of one batch are in memory, never the whole run.
 
-Outputs under ``output_dir`` (each written to a temporary file in the same folder, then renamed):
+Outputs under ``output_dir``, each written to a temporary file beside it and renamed: per input
+the mask in its (FLAIR's) geometry and, for a DICOM FLAIR series, a DICOM Segmentation
+(:mod:`~pipeline.inference.mask_files`, :mod:`~pipeline.inference.dicom_seg`); ``lesion_volumes.csv``
+(:mod:`~pipeline.inference.lesion_stats`); ``report.html`` and ``<name>_overlay.png``
+(:mod:`~pipeline.inference.report`); ``failures.csv`` (:mod:`~pipeline.inference.run_summary`).
 
-- TIFF patient ``P``: ``P/<stem>_mask.tif`` per slice (uint8 0/255, the slice's H x W, the
-  dataset's own naming) and ``P_mask.nii.gz``: the slices stacked as (H, W, n_slices) in slice
-  order, uint8 0/1, identity affine (voxel units).
-- NIfTI ``sub/x.nii.gz``: ``sub/x_mask.nii.gz`` (nibabel; the input's shape without channels,
-  affine and header; uint8 0/1).
-- NRRD / MetaImage: the mask in the same format (``.nhdr`` -> ``.nrrd``, ``.mhd`` -> ``.mha``: one
-  file, so the rename is atomic), with the input's origin, spacing and direction (ITK).
-- DICOM series folder ``s``: ``s_mask.nii.gz`` written by ITK with the series geometry.
-- ``lesion_volumes.csv``: one row per input, sorted: input, n_slices, lesion_voxels,
-  lesion_volume_mm3 (voxel count times the voxel volume from the NIfTI zooms or ITK spacing,
-  rounded to 0.001 mm3; empty for TIFF slices, which carry no spacing).
+Decisions:
+
+- ``largest_component`` (default False): keep only the largest 3-D face-connected component of
+  an input's mask before anything is written (the paper's post-processing, evaluation's
+  ``+lcc``): the mask files, the SEG, the CSV and the report all show the same mask.
+- ``skip_existing`` (default False): an input whose outputs (volume mask, its TIFF slice masks,
+  the SEG when due) all exist, with a volume mask of the input's slice count, is not segmented
+  again (:attr:`MaskWriter.skipped`; give it to the SliceDataset as ``skip``). Its row is
+  recomputed from the mask on disk (the CSV of an interrupted run is not written yet, and the
+  file is what counts) and its report entry reuses ``<name>_overlay.png``. So an interrupted run
+  resumes where it stopped. Slices of a skipped input that still arrive are ignored.
+- A bad input never stops the run: an input with :attr:`InferenceInput.error`, a placeholder
+  slice the dataset flags with ``error`` (a volume that failed to read), a slice of a different
+  size than the input's first one, or an error while writing an input's outputs, records the
+  input as failed; its outputs are not written (or not all), and :meth:`MaskWriter.finish`
+  raises after writing everything else.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import tifffile
 import torch
 from ignite.engine import Engine, Events
 
-from pipeline.atomic import write_atomically
+from pipeline.inference import report as report_html
+from pipeline.inference.dicom_seg import write_seg
 from pipeline.inference.input_record import InferenceInput
+from pipeline.inference.lesion_stats import lesion_row, postprocess, write_csv
+from pipeline.inference.mask_files import (
+    check_outputs,
+    outputs_of,
+    overlay_path,
+    read_mask,
+    seg_path,
+    write_mask_files,
+)
+from pipeline.inference.run_summary import FAILURES_NAME, InferenceFailed, log_summary, write_failures
+
+__all__ = ["CSV_NAME", "FAILURES_NAME", "REPORT_NAME", "InferenceFailed", "MaskWriter"]
 
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "lesion_volumes.csv"
-
-
-def _write_nifti(path: Path, mask_ijk: np.ndarray, affine: np.ndarray, header: Any = None) -> None:
-    header = None if header is None else header.copy()
-    if header is not None:
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(1.0, 0.0)
-    image = nib.Nifti1Image(mask_ijk.astype(np.uint8), affine, header)
-    write_atomically(path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
-
-
-def _write_itk(path: Path, mask_kji: np.ndarray, geometry: dict) -> None:
-    import itk
-
-    image = itk.image_from_array(np.ascontiguousarray(mask_kji, dtype=np.uint8))
-    image.SetOrigin(geometry["origin"])
-    image.SetSpacing(geometry["spacing"])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(geometry["direction"])))
-    write_atomically(path, lambda tmp: itk.imwrite(image, str(tmp), compression=True), keep_suffix=True)
+REPORT_NAME = "report.html"
 
 
 class MaskWriter:
-    """Collect the per-slice probabilities of an evaluator and write each input's masks when complete.
+    """Collect the per-slice probabilities of an evaluator and write each input's outputs when complete.
 
     Attach it to the evaluator (``val_handlers``) or call :meth:`add` and :meth:`finish` directly.
 
     Args:
         inputs: the inputs of the :class:`pipeline.inference.workflow.SliceDataset`, same order.
-        output_dir: where the masks and ``lesion_volumes.csv`` go (created).
+        output_dir: where the outputs go (created).
         threshold: lesion where the probability is above it, in (0, 1). Default 0.5.
+        largest_component: keep only the largest 3-D connected component. Default False.
+        skip_existing: do not segment again inputs whose outputs exist. Default False.
+        report: write ``report.html`` and the overlays. Default True.
+        model_info: the model's identity (:mod:`pipeline.inference.model_identity`), shown in
+            the report and recorded in the DICOM Segmentations. Default None: all "unknown".
+        dataset_dir: ``input_files`` in the CSV are relative to it. Default None: as found.
+
+    Raises:
+        ValueError: ``threshold`` out of range, or ``output_dir`` would overwrite input masks or
+            make two inputs write the same file.
     """
 
     def __init__(
-        self, inputs: Sequence[InferenceInput], output_dir: str | os.PathLike, threshold: float = 0.5
+        self,
+        inputs: Sequence[InferenceInput],
+        output_dir: str | os.PathLike,
+        threshold: float = 0.5,
+        largest_component: bool = False,
+        skip_existing: bool = False,
+        report: bool = True,
+        model_info: Mapping[str, Any] | None = None,
+        dataset_dir: str | os.PathLike | None = None,
     ):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), not {threshold}")
         self.inputs = list(inputs)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
-        for inp in self.inputs:
-            # writing beside the inputs would overwrite ground-truth masks (<stem>_mask.tif, x_mask.nii.gz)
-            folder = inp.path if inp.kind == "tiff" else inp.path.parent
-            written = (
-                self.output_dir / inp.name if inp.kind == "tiff" else inp.mask_path(self.output_dir).parent
-            )
-            if written.resolve() == folder.resolve():
-                raise ValueError(
-                    f"output_dir {self.output_dir} would write the masks of {inp.name} into its input folder "
-                    f"{folder}, overwriting any masks there; choose another output_dir"
-                )
-        self.pending: dict[int, np.ndarray] = {}
-        self.received: dict[int, int] = {}
+        self.largest_component = bool(largest_component)
+        self.skip_existing = bool(skip_existing)
+        self.report = bool(report)
+        self.model_info = dict(model_info or {})
+        self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
+        check_outputs(self.inputs, self.output_dir)
+        self.failed: dict[str, str] = {inp.name: inp.error for inp in self.inputs if inp.error}
         self.rows: dict[str, dict] = {}
+        self.entries: dict[str, dict] = {}
+        for inp in self.inputs:
+            if inp.error:
+                self._entry(inp, "failed")
+        self.pending: dict[int, np.ndarray] = {}
+        self.flair: dict[int, np.ndarray] = {}
+        self.errors: dict[int, str] = {}
+        self.received: dict[int, int] = {}
+        self.finished = False
+        self._warned_skip = False
+        self.skipped = frozenset(self._carry_over() if self.skip_existing else ())
         self.started = time.perf_counter()
+
+    def _entry(self, inp: InferenceInput, status: str, row: dict | None = None, **extra: Any) -> None:
+        self.entries[inp.name] = {
+            "name": inp.name,
+            "status": status,
+            "row": row,
+            "substituted": list(inp.substituted),
+            "flair_only": inp.flair_only,
+            "error": self.failed.get(inp.name, ""),
+            **extra,
+        }
+
+    def _carry_over(self) -> list[str]:
+        """The inputs whose outputs exist: rows and report entries from the files on disk."""
+        for inp in self.inputs:
+            complete = not inp.error and all(p.is_file() for p in outputs_of(inp, self.output_dir))
+            mask = read_mask(inp, self.output_dir) if complete else None  # one at a time
+            if mask is not None:
+                self.rows[inp.name] = lesion_row(inp, mask, self.dataset_dir)
+                png, chosen = report_html.kept_overlay(overlay_path(inp, self.output_dir), mask, self.report)
+                self._entry(inp, "kept", self.rows[inp.name], montage=png, slices=chosen)
+        kept = [name for name, entry in self.entries.items() if entry["status"] == "kept"]
+        if kept:
+            logger.info("skip_existing: %d inputs already segmented in %s, kept", len(kept), self.output_dir)
+        return kept
 
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
@@ -105,79 +155,146 @@ class MaskWriter:
 
     def iteration_completed(self, engine: Engine) -> None:
         for item, output in zip(engine.state.batch, engine.state.output):
+            image = item.get("image")
             self.add(
                 int(item["input"]),
                 int(item["slice"]),
                 output["pred"],
                 int(item["height"]),
                 int(item["width"]),
+                flair=None if image is None else image[1],
+                error=str(item.get("error", "") or ""),
             )
 
-    def add(self, index: int, position: int, prob: torch.Tensor, height: int, width: int) -> None:
-        """One slice's probabilities ((1, S, S) or (S, S)), resized back to ``height`` x ``width``."""
+    def add(
+        self,
+        index: int,
+        position: int,
+        prob: torch.Tensor,
+        height: int,
+        width: int,
+        flair: Any = None,
+        error: str = "",
+    ) -> None:
+        """One slice: probabilities ((1, S, S) or (S, S)) resized back to ``height`` x ``width``;
+        ``flair`` the network's FLAIR channel of the slice (for the montage), ``error`` set for a
+        placeholder slice that could not be read."""
+        inp = self.inputs[index]
+        if inp.name in self.skipped:
+            if not self._warned_skip:
+                logger.warning(
+                    "skip_existing: slices of %s arrive although it is kept: pass "
+                    "SliceDataset(skip=mask_writer.skipped) to save the time",
+                    inp.name,
+                )
+                self._warned_skip = True
+            return
+        self.received[index] = self.received.get(index, 0) + 1
+        if error:
+            self.errors.setdefault(index, error)
+        elif index not in self.errors:
+            self._store(index, inp, position, prob, height, width, flair)
+        if self.received[index] == inp.n_slices:
+            self._complete(index)
+
+    def _store(
+        self, index: int, inp: InferenceInput, position: int, prob: Any, height: int, width: int, flair: Any
+    ) -> None:
         prob = torch.as_tensor(prob).detach().float().cpu().reshape(1, 1, *prob.shape[-2:])
         if tuple(prob.shape[-2:]) != (height, width):
             prob = torch.nn.functional.interpolate(
                 prob, size=(height, width), mode="bilinear", align_corners=False
             )
-        inp = self.inputs[index]
-        if index not in self.pending:
-            self.pending[index] = np.zeros((inp.n_slices, height, width), dtype=np.uint8)
-            self.received[index] = 0
-        self.pending[index][position] = (prob[0, 0] > self.threshold).numpy()
-        self.received[index] += 1
-        if self.received[index] == inp.n_slices:
-            self._write(inp, self.pending.pop(index))
+        masks = self.pending.setdefault(index, np.zeros((inp.n_slices, height, width), dtype=np.uint8))
+        if masks.shape[1:] != (height, width):
+            self.errors[index] = (
+                f"slice {position + 1} of {inp.path} is {height} x {width} pixels, the first one "
+                f"{masks.shape[1]} x {masks.shape[2]}: a patient's slices must all have one size"
+            )
+            return
+        masks[position] = (prob[0, 0] > self.threshold).numpy()
+        if flair is not None and self.report:
+            thumb = report_html.flair_thumbnail(flair)
+            thumbs = self.flair.setdefault(index, np.zeros((inp.n_slices, *thumb.shape), dtype=np.float16))
+            if thumbs.shape[1:] == thumb.shape:
+                thumbs[position] = thumb
 
-    def _write(self, inp: InferenceInput, masks: np.ndarray) -> None:
-        """Write the masks (n_slices, rows, columns) of one input, uint8 0/1."""
-        out = inp.mask_path(self.output_dir)
-        if inp.kind == "tiff":
-            for path, mask in zip(inp.slices, masks):
-                target = self.output_dir / inp.name / f"{path.stem}_mask.tif"
-                write_atomically(
-                    target, lambda tmp, m=mask: tifffile.imwrite(tmp, m * np.uint8(255)), keep_suffix=True
-                )
-            _write_nifti(out, masks.transpose(1, 2, 0), np.eye(4))
-        elif inp.kind == "nifti":
-            _write_nifti(out, masks.transpose(2, 1, 0), inp.geometry["affine"], inp.geometry["header"])
-        else:
-            _write_itk(out, masks, inp.geometry)
-        voxels = int(masks.sum())
-        volume = "" if inp.spacing is None else repr(round(voxels * float(np.prod(inp.spacing)), 3))
-        self.rows[inp.name] = {
-            "input": inp.name,
-            "n_slices": inp.n_slices,
-            "lesion_voxels": voxels,
-            "lesion_volume_mm3": volume,
-        }
-        logger.info("%s: %d lesion voxels in %d slices -> %s", inp.name, voxels, inp.n_slices, out)
+    def _complete(self, index: int) -> None:
+        inp = self.inputs[index]
+        masks, thumbs = self.pending.pop(index, None), self.flair.pop(index, None)
+        error = self.errors.pop(index, "")
+        if not error:
+            try:
+                self._write(inp, masks, thumbs)
+                return
+            except Exception as failure:  # the run goes on; finish() reports it
+                logger.debug("Writing the outputs of %s failed", inp.name, exc_info=True)
+                error = f"writing the outputs failed: {type(failure).__name__}: {failure}"
+        self.failed[inp.name] = error
+        self._entry(inp, "failed")
+        logger.error("%s not segmented: %s", inp.name, error)
+
+    def _write(self, inp: InferenceInput, masks: np.ndarray, thumbs: np.ndarray | None) -> None:
+        """Write the outputs of one input from its masks (n_slices, rows, columns), uint8 0/1."""
+        mask = postprocess(masks, self.largest_component)
+        out = write_mask_files(inp, mask, self.output_dir)
+        seg = seg_path(inp, self.output_dir)
+        if seg is not None:
+            write_seg(seg, mask, inp.dicom_files, self.model_info, self.threshold, self.largest_component)
+        row = lesion_row(inp, mask, self.dataset_dir)
+        png, chosen = b"", []
+        if self.report:
+            png, chosen = report_html.new_overlay(overlay_path(inp, self.output_dir), thumbs, mask)
+        self.rows[inp.name] = row
+        self._entry(inp, "segmented", row, montage=png, slices=chosen)
+        logger.info(
+            "%s: %d lesion voxels in %d slices -> %s%s",
+            inp.name,
+            row["lesion_voxels"],
+            inp.n_slices,
+            out,
+            f" and {seg.name}" if seg else "",
+        )
+
+    def ensure_finished(self) -> Path:
+        """:meth:`finish` unless it ran: for a run whose evaluator had no slice to segment (every
+        input kept or failed), which MONAI skips without firing COMPLETED."""
+        return self.output_dir / CSV_NAME if self.finished else self.finish()
 
     def finish(self) -> Path:
-        """Write ``lesion_volumes.csv`` and return its path.
+        """Write ``lesion_volumes.csv``, ``report.html`` and ``failures.csv``; return the CSV's path.
 
         Raises:
-            RuntimeError: some input did not receive all its slices.
+            InferenceFailed: some input failed (after everything else is written).
         """
-        missing = [inp.name for i, inp in enumerate(self.inputs) if inp.name not in self.rows]
-        if missing:
-            raise RuntimeError(f"inference ended before every slice was predicted; incomplete: {missing[:5]}")
-        buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, fieldnames=["input", "n_slices", "lesion_voxels", "lesion_volume_mm3"]
+        self.finished = True
+        for index, inp in enumerate(self.inputs):
+            if inp.name not in self.rows and inp.name not in self.failed:
+                got = self.received.get(index, 0)
+                self.failed[inp.name] = (
+                    f"the run ended after {got} of its {inp.n_slices} slices were predicted; run again"
+                )
+                self._entry(inp, "failed")
+        self.pending.clear()
+        self.flair.clear()
+        path = write_csv(self.output_dir / CSV_NAME, self.rows)
+        if self.report:
+            settings = dict(
+                threshold=self.threshold,
+                largest_component=self.largest_component,
+                skip_existing=self.skip_existing,
+                output_dir=self.output_dir,
+            )
+            entries = list(self.entries.values())
+            report_html.write_report(self.output_dir / REPORT_NAME, entries, self.model_info, settings)
+        failures = write_failures(self.output_dir, self.failed)
+        segmented = sum(1 for e in self.entries.values() if e["status"] == "segmented")
+        slices = sum(
+            inp.n_slices for inp in self.inputs if inp.name in self.rows and inp.name not in self.skipped
         )
-        writer.writeheader()
-        writer.writerows(self.rows[name] for name in sorted(self.rows))
-        path = self.output_dir / CSV_NAME
-        write_atomically(path, lambda tmp: tmp.write_text(buffer.getvalue()), keep_suffix=True)
-        slices = sum(inp.n_slices for inp in self.inputs)
-        seconds = time.perf_counter() - self.started
-        logger.info(
-            "Segmented %d slices of %d inputs in %.1f s (%.2f slices/s); lesion volumes in %s",
-            slices,
-            len(self.inputs),
-            seconds,
-            slices / max(seconds, 1e-9),
-            path,
+        log_summary(
+            segmented, len(self.skipped), self.failed, slices, time.perf_counter() - self.started, path
         )
+        if failures is not None:
+            raise InferenceFailed(self.failed, failures)
         return path
