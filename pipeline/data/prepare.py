@@ -2,8 +2,9 @@
 
 ``prepare_data`` is what ``bundle/configs/train.json`` calls (key ``data``): it generates the
 phantom dataset when the *default* phantom folder is empty, validates the dataset with the same
-checks as ``python -m pipeline check-data``, loads or creates the patient split, and computes the
-lesion-area sampling weights of the training slices.
+checks as ``python -m pipeline check-data``, loads or creates the patient split, computes the
+lesion-area sampling weights of the training slices and, with ``intensity="volume"``, the
+per-patient intensity bounds that travel in each record (:mod:`pipeline.data.volume_stats`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pipeline import atomic
 from pipeline.data.checks import check_dataset
 from pipeline.data.discovery import DatasetError, discover, fingerprint
 from pipeline.data.splits import load_or_create_split
+from pipeline.data.volume_stats import intensity_file, patient_bounds
 from pipeline.data.weights import lesion_weights, mask_areas
 from pipeline.flags import truthy
+from transforms.intensity import intensity_option
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,8 @@ class PreparedData:
 
     Attributes:
         dataset_dir: the dataset folder, absolute.
-        train: records ``{"image", "label", "patient", "slice"}`` of the training patients.
+        train: records ``{"image", "label", "patient", "slice"}`` of the training patients, with
+            ``"intensity"`` (one ``[lo, hi]`` per channel, the patient's) for intensity "volume".
         val: records of the validation patients.
         weights: one sampling weight per training record (sums to 1).
         split_file: the JSON file holding the patient split.
@@ -134,6 +138,7 @@ def prepare_data(
     check: bool = True,
     phantom_hard: bool = False,
     sampling_floor: float = 0.1,
+    intensity: str = "slice",
 ) -> PreparedData:
     """Make the dataset ready for training and return its datalists.
 
@@ -149,11 +154,16 @@ def prepare_data(
             artefacts: ``synth --hard``), default False.
         sampling_floor: the ``floor`` of :func:`pipeline.data.weights.lesion_weights`, default
             0.1 (the tutorial's).
+        intensity: train.json's ``intensity``: "slice" (default, the tutorial's per-slice min-max:
+            records as before) or "volume" (records get ``"intensity"``, their patient's bounds,
+            cached beside the split file in ``<split>.intensity.json``).
 
     Raises:
         DatasetError: the dataset is missing, empty or faulty (the message lists the faults),
             or the split file does not match the data.
+        ValueError: ``intensity`` is not "slice" or "volume".
     """
+    intensity = intensity_option(intensity)
     generated = ensure_dataset(dataset_dir, phantom_dir, phantom_patients, seed, hard=phantom_hard)
     root = Path(dataset_dir).expanduser().resolve()
     if check:
@@ -171,6 +181,11 @@ def prepare_data(
     val_set = set(split["val"])
     train = [r for r in records if r["patient"] not in val_set]
     val = [r for r in records if r["patient"] in val_set]
+    digest = fingerprint(records)
+    if intensity == "volume":
+        bounds = patient_bounds(records, intensity_file(split_file), digest)
+        for record in records:
+            record["intensity"] = [list(pair) for pair in bounds[record["patient"]]]
     areas = mask_areas([r["label"] for r in train])
     weights = lesion_weights(areas, sampling_floor)
     prepared = PreparedData(
@@ -179,7 +194,7 @@ def prepare_data(
         val=val,
         weights=weights,
         split_file=str(split_file),
-        fingerprint=fingerprint(records),
+        fingerprint=digest,
         generated_phantom=generated,
         lesion_slices=int(np.count_nonzero(areas)),
     )
