@@ -1,4 +1,4 @@
-"""pipeline.inference.workflow on real files: TIFF folders, NIfTI, NRRD and MetaImage volumes."""
+"""pipeline.inference.workflow on real files: TIFF folders, NIfTI, NRRD, MetaImage and DICOM inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import torch
 
 from networks import UNet
 from pipeline.data.discovery import DatasetError
+from pipeline.inference.volumes import read_volume
 from pipeline.inference.workflow import find_inputs, run_inference
+from tests.dicom_support import write_dicom_series
+
+# the kaggle_3m slice layout of a TIFF patient's volume mask: columns toward the left, rows posterior
+TIFF_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class BrightFlair(torch.nn.Module):
@@ -76,10 +81,12 @@ def test_tiff_folder_round_trip(tmp_path):
             assert mask.shape == shape and mask.dtype == np.uint8
             assert set(np.unique(mask)) <= {0, 255}
         volume = nib.load(out / f"{patient}_mask.nii.gz")
-        assert volume.shape == (*shape, n)
-        np.testing.assert_array_equal(volume.affine, np.eye(4))
+        assert volume.shape == (shape[1], shape[0], n)  # (columns, rows, slices)
+        np.testing.assert_array_equal(volume.affine, TIFF_AFFINE)
         # slice order is numeric (10 and 11 after 9), not the order of a sorted listing
-        np.testing.assert_array_equal(np.asarray(volume.dataobj), np.stack(masks, axis=-1) // 255)
+        np.testing.assert_array_equal(
+            np.asarray(volume.dataobj), np.stack(masks, axis=-1).transpose(1, 0, 2) // 255
+        )
     # masks in the input folder are neither required nor touched
     assert sorted((data / "TCGA_AA_0001_20000101").glob("*_mask.tif")) == masks_before
     rows = read_csv(csv_path)
@@ -128,8 +135,9 @@ def test_tiff_mask_lands_on_the_bright_flair_region(tmp_path):
     for k in range(1, 12):
         mask = tifffile.imread(out / patient / f"{patient}_{k}_mask.tif")
         np.testing.assert_array_equal(mask, truth[..., k - 1] * 255)
-    # the patient volume stacks the slices in numeric order (10, 11 after 9) as (H, W, n_slices)
-    np.testing.assert_array_equal(np.asarray(nib.load(out / f"{patient}_mask.nii.gz").dataobj), truth)
+    # the patient volume stacks the slices in numeric order (10, 11 after 9) as (W, H, n_slices)
+    volume = np.asarray(nib.load(out / f"{patient}_mask.nii.gz").dataobj)
+    np.testing.assert_array_equal(volume, truth.transpose(1, 0, 2))
 
 
 def nifti_volume(shape_ij: tuple[int, int], n: int, channels: int | None = None) -> np.ndarray:
@@ -146,13 +154,13 @@ def test_nifti_volume_keeps_shape_affine_and_reports_mm3(tmp_path, caplog):
     data, out = tmp_path / "in", tmp_path / "out"
     (data / "sub").mkdir(parents=True)
     affine = np.array([[0.0, -0.9, 0.0, 100.0], [0.9, 0.0, 0.0, -20.0], [0.0, 0.0, 3.0, 5.0], [0, 0, 0, 1]])
-    nib.save(nib.Nifti1Image(nifti_volume((32, 24), 5), affine), data / "sub" / "brain.nii.gz")
+    nib.save(nib.Nifti1Image(nifti_volume((32, 24), 5, channels=3), affine), data / "sub" / "brain.nii.gz")
     nib.save(nib.Nifti1Image(np.ones((32, 24, 5), np.uint8), affine), data / "sub" / "brain_mask.nii.gz")
 
     with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
         csv_path = run_inference(data, BrightFlair(), out, image_size=32)
 
-    assert "taken as FLAIR" in caplog.text
+    assert "taken as FLAIR" not in caplog.text
     result = nib.load(out / "sub" / "brain_mask.nii.gz")
     assert result.shape == (32, 24, 5)
     np.testing.assert_allclose(result.affine, affine)
@@ -189,7 +197,8 @@ def test_itk_volume_same_format_and_geometry(tmp_path, suffix):
     data, out = tmp_path / "in", tmp_path / "out"
     data.mkdir()
     flair = np.transpose(nifti_volume((32, 32), 4), (2, 1, 0))  # ITK arrays are (k, j, i)
-    image = itk.image_from_array(np.ascontiguousarray(flair.astype(np.int16)))
+    channels = np.stack([900 - flair, flair, flair], axis=-1).astype(np.int16)  # a vector pixel: 3 channels
+    image = itk.image_from_array(np.ascontiguousarray(channels), is_vector=True)
     image.SetSpacing([0.5, 0.8, 2.5])
     image.SetOrigin([1.0, 2.0, 3.0])
     itk.imwrite(image, str(data / f"scan{suffix}"))
@@ -205,17 +214,23 @@ def test_itk_volume_same_format_and_geometry(tmp_path, suffix):
     assert float(row["lesion_volume_mm3"]) == pytest.approx(mask.sum() * 0.5 * 0.8 * 2.5)
 
 
-def test_two_channel_volume_is_refused_naming_the_file(tmp_path):
+def test_two_channel_volume_is_an_error_input_naming_the_file(tmp_path):
     path = tmp_path / "two.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3, 2), np.float32), np.eye(4)), path)
-    with pytest.raises(ValueError, match="two.nii.gz has 2 channels: expected 3 channels"):
-        run_inference(tmp_path, BrightFlair(), tmp_path / "out", image_size=32)
+    [inp] = find_inputs(tmp_path)
+    assert inp.n_slices == 0 and inp.path == path
+    assert f"{path} has 2 channels: expected 3 channels" in inp.error
+    with pytest.raises(ValueError, match="two.nii.gz has 2 channels"):
+        read_volume(inp)
 
 
-def test_unreadable_volume_is_named(tmp_path):
+def test_unreadable_volume_is_an_error_input_naming_it(tmp_path, caplog):
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti at all")
-    with pytest.raises(ValueError, match="broken.nii.gz"):
-        find_inputs(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="pipeline.inference"):
+        [inp] = find_inputs(tmp_path)
+    assert inp.n_slices == 0 and f"cannot read {tmp_path / 'broken.nii.gz'}" in inp.error
+    assert "is the file complete?" in inp.error
+    assert inp.error in caplog.text
 
 
 def test_empty_or_unrecognisable_folder(tmp_path):
@@ -226,42 +241,33 @@ def test_empty_or_unrecognisable_folder(tmp_path):
         find_inputs(tmp_path / "missing")
 
 
-def write_dicom_series(folder: Path, flair_kji: np.ndarray) -> None:
-    """One DICOM file per slice, named without a suffix as scanners often do."""
-    import itk
-
-    folder.mkdir(parents=True)
-    for k, plane in enumerate(flair_kji):
-        image = itk.image_from_array(np.ascontiguousarray(plane.astype(np.int16)))
-        image.SetSpacing([0.5, 0.8])
-        tags = image.GetMetaDataDictionary()
-        tags["0020|0032"] = f"1\\2\\{3 + 2.5 * k}"  # image position: slices 2.5 mm apart
-        tags["0020|0037"] = "1\\0\\0\\0\\1\\0"
-        tags["0028|0030"] = "0.8\\0.5"
-        tags["0020|000d"] = "1.2.826.0.1.1"
-        tags["0020|000e"] = "1.2.826.0.1.1.1"
-        tags["0020|0013"] = str(k + 1)
-        tags["0008|0060"] = "MR"
-        writer = itk.GDCMImageIO.New()
-        writer.KeepOriginalUIDOn()
-        itk.imwrite(image, str(folder / f"IM{k:04d}"), imageio=writer)
-
-
-def test_dicom_series_folder(tmp_path):
+def test_dicom_patient_of_three_series(tmp_path):
+    """One folder per sequence, found by folder name; FLAIR's geometry is the mask's."""
     import itk
 
     data, out = tmp_path / "in", tmp_path / "out"
-    flair = np.transpose(nifti_volume((32, 32), 4), (2, 1, 0))  # (k, j, i)
-    write_dicom_series(data / "patient7" / "flair", flair)
+    flair = np.transpose(nifti_volume((32, 32), 4), (2, 1, 0)).astype(np.uint16)  # (k, j, i)
+    study = "1.2.826.0.1.3680043.8.498.1"
+    geometry = {"spacing": (0.5, 0.8, 2.5), "origin": (1.0, 2.0, 3.0), "study_uid": study}
+    write_dicom_series(data / "patient7" / "flair", flair, description="AX FLAIR", **geometry)
+    write_dicom_series(data / "patient7" / "t1", 1000 - flair, description="AX T1", **geometry)
+    write_dicom_series(data / "patient7" / "t1_post", 1000 - flair, description="AX T1 +C", **geometry)
+
+    [inp] = find_inputs(data)
+    assert (inp.kind, inp.name, inp.n_slices, inp.error) == ("patient", "patient7", 4, "")
+    assert inp.sequences == {
+        r: data / "patient7" / f for r, f in [("flair", "flair"), ("t1", "t1"), ("t1c", "t1_post")]
+    }
+    assert [p.name for p in inp.dicom_files] == ["IM0000", "IM0001", "IM0002", "IM0003"]
 
     csv_path = run_inference(data, BrightFlair(), out, image_size=32)
 
-    result = itk.imread(str(out / "patient7" / "flair_mask.nii.gz"))
+    result = itk.imread(str(out / "patient7_mask.nii.gz"))
     np.testing.assert_array_equal(itk.array_from_image(result), (flair > 500).astype(np.uint8))
     np.testing.assert_allclose(tuple(result.GetSpacing()), (0.5, 0.8, 2.5))
     np.testing.assert_allclose(tuple(result.GetOrigin()), (1.0, 2.0, 3.0))
     row = read_csv(csv_path)[0]
-    assert (row["input"], row["n_slices"]) == ("patient7/flair", "4")
+    assert (row["input"], row["n_slices"]) == ("patient7", "4")
 
 
 def test_output_dir_inside_the_inputs_is_refused(tmp_path):
@@ -285,13 +291,13 @@ def rotation_x(degrees: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
-def nifti_with_axes(path: Path, directions: np.ndarray, n: int = 4) -> np.ndarray:
-    """A (32, 24, n) FLAIR volume whose voxel axes i, j, k point along the columns of ``directions`` (RAS)."""
+def nifti_with_axes(path: Path, directions: np.ndarray, n: int = 4, channels: int | None = 3) -> np.ndarray:
+    """A (32, 24, n[, channels]) volume whose voxel axes i, j, k point along the columns of
+    ``directions`` (RAS); returns its FLAIR (32, 24, n)."""
     affine = np.eye(4)
     affine[:3, :3] = directions
-    volume = nifti_volume((32, 24), n)
-    nib.save(nib.Nifti1Image(volume, affine), path)
-    return volume
+    nib.save(nib.Nifti1Image(nifti_volume((32, 24), n, channels), affine), path)
+    return nifti_volume((32, 24), n)
 
 
 def itk_with_direction(path: Path, direction_lps: np.ndarray) -> None:
@@ -308,17 +314,16 @@ def test_sagittal_nifti_is_refused_naming_file_orientation_and_fix(tmp_path, mon
     directions = np.array([[0.0, 0.0, 1.2], [-0.9, 0.0, 0.0], [0.0, 0.9, 0.0]])
     path = tmp_path / "in" / "sag.nii.gz"
     path.parent.mkdir()
-    nifti_with_axes(path, directions)
-    with pytest.raises(ValueError) as caught:
-        find_inputs(tmp_path / "in")
-    message = str(caught.value)
-    assert str(path) in message
+    nifti_with_axes(path, directions, channels=None)
+    [refused] = find_inputs(tmp_path / "in", allow_flair_only=True)
+    message = refused.error
+    assert refused.n_slices == 0 and str(path) in message
     assert "slices are sagittal, not axial" in message and "'PSR'" in message
     assert "runs left-right" in message and "Reslice it to axial first" in message
     # the suggested fix works: its output is accepted, in the training layout
     monkeypatch.chdir(tmp_path)
     exec(message.split("e.g. in Python: ")[1], {"nib": nib, "path": str(path)})
-    [fixed] = find_inputs(tmp_path / "axial.nii.gz")
+    [fixed] = find_inputs(tmp_path / "axial.nii.gz", allow_flair_only=True)
     assert fixed.n_slices == 24  # the 24 inferior-superior voxels (j) became the slices
     assert "".join(nib.aff2axcodes(nib.load(tmp_path / "axial.nii.gz").affine)) == "LPS"
 
@@ -331,26 +336,29 @@ def test_coronal_itk_volume_is_refused_naming_file_orientation_and_fix(tmp_path,
     direction = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
     path = tmp_path / f"cor{suffix}"
     itk_with_direction(path, direction)
-    with pytest.raises(ValueError) as caught:
-        find_inputs(path)
-    message = str(caught.value)
-    assert str(path) in message
+    [refused] = find_inputs(path, allow_flair_only=True)
+    message = refused.error
+    assert refused.n_slices == 0 and str(path) in message
     assert "slices are coronal, not axial" in message and "'LIP'" in message
     assert "runs anterior-posterior" in message
     monkeypatch.chdir(tmp_path)
     exec(message.split("e.g. in Python: ")[1], {"itk": itk, "path": str(path)})
-    [fixed] = find_inputs(tmp_path / "axial.nrrd")
+    [fixed] = find_inputs(tmp_path / "axial.nrrd", allow_flair_only=True)
     assert fixed.n_slices == 24  # the 24 inferior-superior voxels (j) became the slices
 
 
-def test_a_sagittal_volume_among_good_ones_stops_the_run_before_writing(tmp_path):
-    data, out = tmp_path / "in", tmp_path / "out"
+def test_a_sagittal_volume_among_good_ones_is_an_error_input_the_others_are_not(tmp_path):
+    data = tmp_path / "in"
     write_patient(data, "TCGA_AA_0001_20000101", 2)
     nifti_with_axes(data / "a_good.nii.gz", np.diag([-1.0, -1.0, 1.0]))
     nifti_with_axes(data / "z_sagittal.nii.gz", np.array([[0.0, 0, 1], [-1, 0, 0], [0, 1, 0]]))
-    with pytest.raises(ValueError, match="z_sagittal.nii.gz: slices are sagittal"):
-        run_inference(data, BrightFlair(), out, image_size=32)
-    assert not out.exists()
+    inputs = {inp.name: inp for inp in find_inputs(data)}
+    assert [(n, i.n_slices, i.error) for n, i in inputs.items() if n != "z_sagittal.nii.gz"] == [
+        ("TCGA_AA_0001_20000101", 2, ""),
+        ("a_good.nii.gz", 4, ""),
+    ]
+    bad = inputs["z_sagittal.nii.gz"]
+    assert bad.n_slices == 0 and bad.error.startswith(f"{data / 'z_sagittal.nii.gz'}: slices are sagittal")
 
 
 @pytest.mark.parametrize(
@@ -390,8 +398,8 @@ def test_oblique_itk_volume_is_axial_while_closest_to_superior_inferior(tmp_path
     # ITK directions are LPS: tilting the slice axis toward posterior, past 45 degrees it is coronal
     path = tmp_path / "tilted.mha"
     itk_with_direction(path, rotation_x(degrees))
+    [inp] = find_inputs(path, allow_flair_only=True)
     if refused:
-        with pytest.raises(ValueError, match="tilted.mha: slices are coronal"):
-            find_inputs(path)
+        assert inp.n_slices == 0 and f"{path}: slices are coronal" in inp.error
     else:
-        assert find_inputs(path)[0].n_slices == 4
+        assert (inp.n_slices, inp.error) == (4, "")
