@@ -185,8 +185,8 @@ def _section(entry: Mapping[str, Any]) -> str:
         parts.append(
             f'<figure><img src="data:image/png;base64,{data}" alt="FLAIR with the mask outline, '
             f'slices {caption}" data-slices="{" ".join(map(str, chosen))}">'
-            f"<figcaption>FLAIR with the mask outlined in red; slices {e(caption)} (counted from 1) "
-            f"of the {len(chosen)} with most lesion</figcaption></figure>"
+            f"<figcaption>FLAIR with the mask outlined in red: the {len(chosen)} slices with most "
+            f"lesion, slices {e(caption)} (counted from 1)</figcaption></figure>"
         )
     elif row and int(row["lesion_voxels"]) == 0:
         parts.append("<p>No lesion found.</p>")

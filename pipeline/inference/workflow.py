@@ -62,6 +62,7 @@ __all__ = [
     "find_inputs",
     "read_volume",
     "run_inference",
+    "segment_inputs",
     "tiff_preprocessing",
 ]
 
@@ -245,17 +246,34 @@ def run_inference(
         InferenceFailed: some input could not be segmented (after all other outputs are written;
             ``failures.csv`` lists them).
     """
-    inputs = find_inputs(dataset_dir)
-    writer = MaskWriter(
-        inputs,
+    return segment_inputs(
+        find_inputs(dataset_dir),
+        network,
         output_dir,
+        image_size,
         threshold,
+        device,
+        batch_size,
         largest_component=largest_component,
         skip_existing=skip_existing,
         report=report,
         model_info=model_info,
         dataset_dir=dataset_dir,
     )
+
+
+def segment_inputs(
+    inputs: Sequence[InferenceInput],
+    network: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    image_size: int = 256,
+    threshold: float = 0.5,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    **writer_options: Any,
+) -> Path:
+    """:func:`run_inference` on inputs already found (``writer_options``: those of :class:`MaskWriter`)."""
+    writer = MaskWriter(inputs, output_dir, threshold, **writer_options)
     dataset = SliceDataset(inputs, tiff_preprocessing(image_size), skip=writer.skipped)
     evaluator = SupervisedEvaluator(
         device=torch.device(device),
