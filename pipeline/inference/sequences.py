@@ -180,6 +180,13 @@ def patient_input(
     for candidate in by_role.pop(None, []) + by_role.pop("ignore", []):
         why = "a sequence the network does not use" if candidate.role else "matches no sequence pattern"
         logger.info("%s: not using %s (%s)", folder, candidate.describe(), why)
+    if "flair" not in by_role:
+        listed = ", ".join(c.describe() for c in candidates)
+        raise ValueError(
+            f"patient folder {folder} has no FLAIR: none of {listed} matches "
+            f"{list(patterns['flair'])}. Add the FLAIR, name it so (e.g. {Path(name).name}_flair.nii.gz, "
+            "or a DICOM SeriesDescription holding 'FLAIR'), or set sequence_patterns"
+        )
     for role, found in by_role.items():
         if len(found) > 1:
             listed = "; ".join(c.describe() for c in found)
@@ -189,13 +196,6 @@ def patient_input(
                 "in a folder of its own, or tell them apart with sequence_patterns "
                 f"(now {role}: {list(patterns[role])})"
             )
-    if "flair" not in by_role:
-        listed = ", ".join(c.describe() for c in candidates)
-        raise ValueError(
-            f"patient folder {folder} has no FLAIR: none of {listed} matches "
-            f"{list(patterns['flair'])}. Add the FLAIR, name it so (e.g. {Path(name).name}_flair.nii.gz, "
-            "or a DICOM SeriesDescription holding 'FLAIR'), or set sequence_patterns"
-        )
     chosen = {role: found[0] for role, found in by_role.items()}
     headers = {role: _sequence_header(candidate, role) for role, candidate in chosen.items()}
     n_slices, geometry, spacing, _ = headers["flair"]
