@@ -9,72 +9,31 @@ Where the model comes from (a weights file, an MLflow run, a registered version)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from string import Template
-from typing import Any
 
 import torch
 
-from pipeline.export.layout import BUNDLE, MODEL_FILES, sha256, standalone_inference_config
+from pipeline.export.bundle_configs import CONFIGS, inference_config, rewritten
+from pipeline.export.choice import best_option
+from pipeline.export.layout import BUNDLE, MODEL_FILES, sha256
+from pipeline.export.metadata import build_metadata, model_card, write_json
 from pipeline.export.sources import ModelSource, source_from_checkpoint, source_from_registry, source_from_run
+from pipeline.export.vendor import ROOT, longest_module, package_versions, third_party, write_scripts
 from pipeline.tracking.logged_model import network_settings
+from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.uris import default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
-
-
-def build_metadata(source: ModelSource, settings: dict, image_size: int) -> dict:
-    """metadata.json of the export: the repository's, with versions, shapes, metrics and the run."""
-    import ignite
-    import monai
-    import numpy
-    import PIL
-
-    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
-    meta["monai_version"] = monai.__version__
-    meta["pytorch_version"] = torch.__version__.split("+")[0]
-    meta["numpy_version"] = numpy.__version__
-    meta["required_packages_version"] = {"pytorch-ignite": ignite.__version__, "pillow": PIL.__version__}
-    multiple = 2 ** (int(settings.get("depth", 5)) - 1)
-    for part in ("inputs", "outputs"):
-        for spec in meta["network_data_format"][part].values():
-            spec["spatial_shape"] = [f"{multiple}*n", f"{multiple}*n"]
-    meta["eval_metrics"] = {k: round(v, 6) for k, v in sorted(source.metrics.items())}
-    meta["network_settings"] = settings
-    meta["image_size"] = image_size
-    meta["mlflow"] = source.mlflow
-    meta["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return meta
-
-
-def _model_card(meta: dict, settings: dict, config: dict) -> str:
-    metrics = meta["eval_metrics"] or {"(none recorded)": ""}
-    rows = "\n".join(f"| {name} | {value} |" for name, value in metrics.items())
-    return Template((BUNDLE / "docs" / "README.md").read_text()).safe_substitute(
-        version=meta["version"],
-        exported=meta["exported"],
-        run_id=meta["mlflow"].get("run_id") or "unknown",
-        run_name=meta["mlflow"].get("run_name") or "unknown",
-        tracking_uri=meta["mlflow"].get("tracking_uri") or "unknown",
-        network=", ".join(f"{k}={v}" for k, v in settings.items() if k != "_target_"),
-        image_size=meta["image_size"],
-        size_multiple=meta["network_data_format"]["inputs"]["image"]["spatial_shape"][0],
-        epochs=config.get("epochs", "?"),
-        learning_rate=config.get("learning_rate", "?"),
-        batch_size=config.get("batch_size", "?"),
-        phantom=str(config.get("dataset_dir") == config.get("phantom_dir")),
-        metrics_table=rows,
-        monai_version=meta["monai_version"],
-        pytorch_version=meta["pytorch_version"],
-    )
 
 
 def _export_onnx(network: torch.nn.Module, path: Path, image_size: int) -> None:
@@ -94,44 +53,51 @@ def _export_onnx(network: torch.nn.Module, path: Path, image_size: int) -> None:
         )
 
 
-def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write the bundle folder ``out_dir`` and ``<out_dir>.zip``; returns both paths.
+def _vendored_roots(found: set[str]) -> set[str]:
+    """The repository modules behind the dotted names the configs use.
 
     Raises:
-        FileExistsError: ``out_dir`` exists and is not empty.
-        ValueError: the checkpoint does not fit the run's network settings.
+        ValueError: a name that is no module of the repository (a typo in a config).
     """
-    from monai.bundle import ConfigParser, ckpt_export
+    roots = set()
+    for name in found:
+        module = longest_module(name)
+        if module is None:
+            raise ValueError(f"{name} in the bundle configs is no module of this repository")
+        roots.add(module)
+    return roots
 
-    from pipeline.training.checkpoints import load_weights
 
-    out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
-    started = time.perf_counter()
-    settings = network_settings(source.config)
-    image_size = int(ConfigParser(source.config).get_parsed_content("image_size"))
-    network = ConfigParser({"network_def": settings}).get_parsed_content("network_def")
-    load_weights(network, source.checkpoint).eval()
+def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, settings: dict, size: int):
+    """Every file of the bundle into the folder ``out`` (see :mod:`pipeline.export.layout`)."""
+    from monai.bundle import ckpt_export
+
     for folder in ("configs", "models", "docs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-
     torch.save(network.state_dict(), out / "models" / "model.pt")
-    meta = build_metadata(source, settings, image_size)
-    _write_json(out / "configs" / "metadata.json", meta)
-    _write_json(
-        out / "configs" / "inference.json",
-        standalone_inference_config(image_size, training_config=source.config),
-    )
-    train = {k: v for k, v in source.config.items() if k != "_meta_"}
-    _write_json(out / "configs" / "train.json", dict(train, bundle_root="."))
-    shutil.copy(BUNDLE / "configs" / "evaluate.json", out / "configs" / "evaluate.json")
+
+    chosen = best_option(source.metrics)
+    options = {key: chosen[key] for key in ("tta", "largest_component")}
+    inference, found = inference_config(size, settings, options)
+    chosen["not_applied"] = sorted(k for k in options if k not in inference)
+    train = rewritten({k: v for k, v in source.config.items() if k != "_meta_"}, "import")
+    rewritten(source.config.get("deterministic_transforms", []), "import", found)
+    write_json(out / "configs" / "inference.json", inference)
+    write_json(out / "configs" / "train.json", dict(train, bundle_root="."))
+    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
+    write_json(out / "configs" / "evaluate.json", rewritten(evaluate))
     shutil.copy(BUNDLE / "configs" / "logging.conf", out / "configs" / "logging.conf")
     shutil.copy(BUNDLE / "LICENSE", out / "LICENSE")
 
+    files = write_scripts(out, _vendored_roots(found), git_commit(ROOT) or "unknown")
+    versions = package_versions(third_party(files.values()))
+    meta = build_metadata(source, settings, size, versions, chosen)
+    meta["scripts_files"] = {name: {"sha256": sha256(out / name)} for name in sorted(files)}
+    write_json(out / "configs" / "metadata.json", meta)
+
     with tempfile.TemporaryDirectory() as tmp:
         network_file = Path(tmp) / "network.json"
-        _write_json(network_file, {"imports": ["$import networks"], "network_def": settings})
+        write_json(network_file, {"imports": ["$import networks"], "network_def": settings})
         ckpt_export(
             net_id="network_def",
             filepath=str(out / "models" / "model.ts"),
@@ -139,18 +105,55 @@ def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]
             meta_file=str(out / "configs" / "metadata.json"),
             config_file=str(network_file),
         )
-    _export_onnx(network, out / "models" / "model.onnx", image_size)
+    _export_onnx(network, out / "models" / "model.onnx", size)
 
     meta["model_files"] = {name: {"sha256": sha256(out / name)} for name in MODEL_FILES}
-    _write_json(out / "configs" / "metadata.json", meta)
-    (out / "docs" / "README.md").write_text(_model_card(meta, settings, source.config))
-    archive = Path(shutil.make_archive(str(out), "zip", root_dir=out.parent, base_dir=out.name))
+    write_json(out / "configs" / "metadata.json", meta)
+    (out / "docs" / "README.md").write_text(model_card(meta, settings, source.config))
+
+
+def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write the bundle folder ``out_dir`` and ``<out_dir>.zip``; returns both paths.
+
+    The folder is built beside ``out_dir`` under a temporary name and renamed when complete, the
+    zip likewise: an export that fails leaves neither behind.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not empty.
+        ValueError: the checkpoint does not fit the run's network settings, or the code cannot be
+            vendored.
+    """
+    from monai.bundle import ConfigParser
+
+    from pipeline.training.checkpoints import load_weights
+
+    out = Path(out_dir).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
+    started = time.perf_counter()
+    settings = network_settings(copy.deepcopy(source.config))  # MONAI's parser edits what it is given
+    image_size = int(ConfigParser(copy.deepcopy(source.config)).get_parsed_content("image_size"))
+    network = ConfigParser({"network_def": settings}).get_parsed_content("network_def")
+    load_weights(network, source.checkpoint).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _write_bundle(stage, source, network, settings, image_size)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    partial = out.parent / f".{out.name}.zip-partial"
+    try:
+        made = shutil.make_archive(str(partial), "zip", root_dir=out.parent, base_dir=out.name)
+        archive = out.parent / f"{out.name}.zip"
+        os.replace(made, archive)
+    finally:
+        Path(f"{partial}.zip").unlink(missing_ok=True)
     logger.info("Exported %s and %s in %.1f s", out, archive, time.perf_counter() - started)
     return out, archive
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=4) + "\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,17 +3,23 @@
 - ``configs/metadata.json`` against the metadata schema shipped in this repository
   (bundle/schema/meta_schema.json) with ``monai.bundle.verify_metadata``: the schema file exists at
   ``filepath``, so MONAI does not download the URL named in the metadata;
-- the TorchScript network of ``configs/inference.json`` with ``monai.bundle.verify_net_in_out``
-  (input and output channels and dtype from ``network_data_format``);
+- the TorchScript network (``models/model.ts``) with ``monai.bundle.verify_net_in_out`` (input
+  and output channels and dtype from ``network_data_format``), and that it holds the weights of
+  ``models/model.pt``, which inference loads;
 - the ONNX model against the TorchScript one on the same random input (onnxruntime, 1e-4);
-- the sha256 of every model file against ``model_files`` in the metadata.
+- the sha256 of every model file against ``model_files`` in the metadata, and of every file under
+  ``scripts/`` against ``scripts_files``: a file added, removed or changed there is refused, by name.
 
 Nothing in the bundle is loaded or evaluated before it is checked: the sha256 hashes come first
-(a model file that changed after export is not loaded); then the pickles of ``model.pt`` and
-``model.ts`` are read opcode by opcode (:mod:`pipeline.export.pickle_scan`) and ``model.pt`` is loaded
-weights-only; and the ``$`` expressions and ``_target_`` components of ``inference.json`` (which
-MONAI runs as Python) must be those ``python -m pipeline export`` writes, so that verifying a
-received bundle cannot run code placed in its configs.
+(a model file or script that changed after export is not loaded); then the pickles of ``model.pt``
+and ``model.ts`` are read opcode by opcode (:mod:`pipeline.export.pickle_scan`) and ``model.pt``
+is loaded weights-only; and the ``$`` expressions and ``_target_`` components of the configs
+(which MONAI runs as Python) must be those ``python -m pipeline export`` writes
+(:func:`pipeline.export.bundle_configs.allowed_code`). The bundle's own code (``scripts/``) is
+never imported by verification: the network is checked through its TorchScript file.
+
+The hashes prove that the bundle is as its metadata.json describes it, not who wrote it: the code
+in ``scripts/`` runs when the bundle runs, so run only bundles from a sender you trust.
 
 ``DIR`` may also be a bundle .zip: it is unpacked safely into a temporary folder with
 :func:`pipeline.export.unzip.extract`, then verified.
@@ -28,7 +34,8 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.export.layout import MODEL_FILES, REQUIRED_FILES, SCHEMA, sha256, standalone_inference_config
+from pipeline.export.bundle_configs import allowed_code, code_strings
+from pipeline.export.layout import MODEL_FILES, REQUIRED_FILES, SCHEMA, SCRIPTS, sha256
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +60,33 @@ def check_metadata(bundle: Path, schema: Path = SCHEMA) -> list[str]:
 
 
 def check_network(bundle: Path) -> list[str]:
+    """model.ts has the inputs and outputs of network_data_format and the weights of model.pt."""
+    import tempfile
+
+    import torch
     from monai.bundle import verify_net_in_out
 
-    config = bundle / "configs" / "inference.json"
-    try:
-        verify_net_in_out(
-            net_id="network_def",
-            meta_file=str(bundle / "configs" / "metadata.json"),
-            config_file=str(config),
-            device="cpu",
-            bundle_root=str(bundle),
-        )
-    except Exception as error:
-        return [f"{bundle / 'models' / 'model.ts'} (network_def of {config}): {_first_line(error)}"]
+    script = bundle / "models" / "model.ts"
+    with tempfile.TemporaryDirectory() as tmp:  # the bundle's inference.json builds its network from scripts/
+        config = Path(tmp) / "network.json"
+        loader = f"$torch.jit.load({str(script)!r}, map_location='cpu')"
+        config.write_text(json.dumps({"network_def": loader}))
+        try:
+            verify_net_in_out(
+                net_id="network_def",
+                meta_file=str(bundle / "configs" / "metadata.json"),
+                config_file=str(config),
+                device="cpu",
+            )
+        except Exception as error:
+            return [f"{script}: {_first_line(error)}"]
+    scripted = torch.jit.load(str(script), map_location="cpu").state_dict()
+    weights = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    differ = sorted(k for k in set(scripted) | set(weights) if k not in scripted or k not in weights)
+    differ += sorted(k for k in set(scripted) & set(weights) if not torch.equal(scripted[k], weights[k]))
+    if differ:
+        listed = ", ".join(differ[:3])
+        return [f"{script}: does not hold the weights of models/model.pt (differs in {listed})"]
     return []
 
 
@@ -104,6 +125,56 @@ def check_hashes(bundle: Path) -> list[str]:
             problems.append(
                 f"{bundle / name}: sha256 differs from metadata.json (file changed after export); not loaded"
             )
+    return problems + check_scripts(bundle, meta)
+
+
+PYCACHE_FIX = (
+    "Python writes __pycache__ folders when the bundle runs: delete them (find {root} -name __pycache__ "
+    "-exec rm -r {{}} +) or verify the .zip"
+)
+
+
+def _script_entries(root: Path) -> tuple[set[str], list[str]]:
+    """Bundle paths of the regular files under ``root``; problems for links and special files."""
+    import os
+    import stat
+
+    files, problems = set(), []
+    for folder, subfolders, names in os.walk(root):
+        for name in [*subfolders, *names]:
+            path = Path(folder) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                problems.append(f"{path}: a link under {SCRIPTS}/; export writes none; not loaded")
+            elif stat.S_ISREG(mode):
+                files.add(path.relative_to(root.parent).as_posix())
+            elif not stat.S_ISDIR(mode):
+                problems.append(f"{path}: not a regular file; not loaded")
+    return files, problems
+
+
+def check_scripts(bundle: Path, meta: dict) -> list[str]:
+    """Every file under scripts/ is listed in metadata.json's ``scripts_files`` with its sha256, and
+    every listed one is there, unchanged."""
+    meta_file = bundle / "configs" / "metadata.json"
+    recorded = meta.get("scripts_files")
+    if not isinstance(recorded, dict) or not recorded:
+        return [f"{meta_file}: no sha256 recorded for the files under {SCRIPTS}/ (scripts_files); not loaded"]
+    present, problems = _script_entries(bundle / SCRIPTS)
+    for name in sorted(recorded):
+        if not name.startswith(f"{SCRIPTS}/") or ".." in name.split("/") or "\\" in name:
+            problems.append(f"{meta_file}: scripts_files lists {name!r}, not a file under {SCRIPTS}/")
+        elif name not in present:
+            problems.append(f"{bundle / name}: listed in metadata.json but missing (removed after export)")
+        elif sha256(bundle / name) != (recorded[name] or {}).get("sha256"):
+            problems.append(
+                f"{bundle / name}: sha256 differs from metadata.json (file changed after export); not loaded"
+            )
+    for name in sorted(present - set(recorded)):
+        hint = f". {PYCACHE_FIX.format(root=bundle / SCRIPTS)}" if "/__pycache__/" in name else ""
+        problems.append(
+            f"{bundle / name}: not listed in metadata.json (file added after export); not loaded{hint}"
+        )
     return problems
 
 
@@ -126,42 +197,26 @@ def check_pickles(bundle: Path) -> list[str]:
     return []
 
 
-def _strings(value: object, key: str = ""):
-    """(key path, string) of every string in a JSON value."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(v, f"{key}#{k}" if key else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _strings(v, f"{key}#{i}")
-    elif isinstance(value, str):
-        yield key, value
-
-
 def check_expressions(bundle: Path) -> list[str]:
-    """inference.json runs only the code ``export`` writes; metadata.json holds no expressions."""
-    exported = dict(_strings(standalone_inference_config(256)))
-    code = {v for k, v in exported.items() if v.startswith(("$", "%")) or k.endswith("_target_")}
+    """The configs run only the code ``export`` writes; metadata.json holds no expressions."""
     problems = []
-    for name in ("configs/inference.json", "configs/metadata.json"):
+    for name, allowed in allowed_code().items():
         path = bundle / name
+        if not path.exists() and name == "configs/evaluate.json":
+            continue
         try:
             config = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             problems.append(f"{path}: not readable JSON ({_first_line(error)})")
             continue
-        for key, value in _strings(config):
-            if name.endswith("metadata.json"):  # MONAI runs "$import ..." anywhere, even in _meta_
-                is_code, allowed = value.startswith(("$", "%")), set()
-            else:
-                is_code, allowed = value.startswith(("$", "%")) or key.endswith("_target_"), code
-            if is_code and value not in allowed:
+        for key, value in code_strings(config):
+            if name.endswith("metadata.json") and not value.startswith(("$", "%")):
+                continue  # a _target_ in metadata is data; MONAI runs "$import ..." anywhere, even in _meta_
+            if value not in allowed:
                 problems.append(
                     f"{path}: {key} = {value[:80]!r} is code that `python -m pipeline export` does not "
                     "write; MONAI would run it, so the bundle was not loaded"
                 )
-        if name.endswith("inference.json") and config.get("network_def") != exported["network_def"]:
-            problems.append(f"{path}: network_def is not the exported TorchScript loader; not loaded")
     return problems
 
 
