@@ -219,6 +219,8 @@ def run_inference(
     skip_existing: bool = False,
     report: bool = True,
     model_info: Mapping[str, Any] | None = None,
+    sequence_patterns: Mapping[str, str | Sequence[str]] | None = None,
+    allow_flair_only: bool = False,
 ) -> Path:
     """Segment every input under ``dataset_dir`` and write the masks, lesion volumes and report.
 
@@ -238,6 +240,8 @@ def run_inference(
         report: write ``report.html``. Default True.
         model_info: the model's identity for the report and DICOM Segmentations
             (:func:`pipeline.inference.model_identity.model_identity`). Default None: "unknown".
+        sequence_patterns, allow_flair_only: how patient folders' sequences are found, and
+            whether FLAIR alone is segmented (:func:`pipeline.inference.inputs.find_inputs`).
 
     Returns:
         The path of ``lesion_volumes.csv``.
@@ -247,7 +251,7 @@ def run_inference(
             ``failures.csv`` lists them).
     """
     return segment_inputs(
-        find_inputs(dataset_dir),
+        find_inputs(dataset_dir, sequence_patterns=sequence_patterns, allow_flair_only=allow_flair_only),
         network,
         output_dir,
         image_size,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -45,10 +44,10 @@ def lesion_kji(n: int = 5, rows: int = 20, columns: int = 28) -> np.ndarray:
     return truth
 
 
-def write_series(folder: Path, truth: np.ndarray) -> list[Path]:
-    """FLAIR 900 on the lesion, 100 elsewhere; the files renamed so that name order is the reverse
-    of slice order (a writer that sorted by name would mismatch frames and images)."""
-    files = write_dicom_series(folder, np.where(truth, 900, 100), spacing=(0.7, 0.8, 2.5), bits=12)
+def write_series(folder: Path, volume: np.ndarray, **geometry) -> list[Path]:
+    """A series whose files are renamed so that name order is the reverse of slice order (a
+    writer that sorted by name would mismatch frames and images); the files in slice order."""
+    files = write_dicom_series(folder, volume, spacing=(0.7, 0.8, 2.5), bits=12, **geometry)
     renamed = []
     for k, path in enumerate(files):
         target = path.with_name(f"X{len(files) - 1 - k:03d}")
@@ -57,11 +56,24 @@ def write_series(folder: Path, truth: np.ndarray) -> list[Path]:
     return renamed
 
 
-def segment_dicom(data: Path, files: list[Path], out: Path, **options) -> tuple[BrightFlair, Path]:
-    [inp] = find_inputs(data)
-    assert inp.kind == "dicom"
-    # FLAIR's files in slice order k (find_inputs fills them when it knows them; the same order)
-    inp = dataclasses.replace(inp, dicom_files=tuple(files))
+def write_patient(folder: Path, truth: np.ndarray) -> list[Path]:
+    """A DICOM patient of three series (FLAIR 900 on the lesion, 100 elsewhere; the T1s dark
+    there); FLAIR's files in slice order."""
+    geometry = {
+        "study_uid": "1.2.826.0.1.3680043.8.498.7",
+        "frame_of_reference_uid": "1.2.826.0.1.3680043.8.498.8",
+    }
+    flair = np.where(truth, 900, 100)
+    files = write_series(folder / "flair", flair, description="AX FLAIR", **geometry)
+    write_series(folder / "t1", 1000 - flair, description="AX T1", **geometry)
+    write_series(folder / "t1_post", 1000 - flair, description="AX T1 +C", **geometry)
+    return files
+
+
+def segment_patient(data: Path, out: Path, flair_files: list[Path], **options) -> tuple[BrightFlair, Path]:
+    [inp] = find_inputs(data, allow_flair_only=True)
+    assert inp.kind in ("dicom", "patient") and not inp.error
+    assert list(inp.dicom_files) == flair_files  # FLAIR's files in slice order, whatever their names
     network = BrightFlair()
     segment_inputs([inp], network, out, image_size=32, model_info=MODEL, dataset_dir=data, **options)
     return network, out / f"{inp.name}_seg.dcm"
@@ -78,13 +90,12 @@ def by_position(files: list[Path]) -> list[str]:
 def test_seg_round_trip_equals_the_nifti_mask_voxel_for_voxel(tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
     truth = lesion_kji()
-    files = write_series(data / "patient7" / "flair", truth)
+    files = write_patient(data / "patient7", truth)
 
-    _, seg_path = segment_dicom(data, files, out)
+    _, seg_path = segment_patient(data, out, files)
 
-    nifti = np.asarray(nib.load(out / "patient7" / "flair_mask.nii.gz").dataobj).transpose(
-        2, 1, 0
-    )  # (k, j, i)
+    assert seg_path == out / "patient7_seg.dcm"
+    nifti = np.asarray(nib.load(out / "patient7_mask.nii.gz").dataobj).transpose(2, 1, 0)  # (k, j, i)
     # 20 x 28 slices resized to 32 x 32 and back may move an edge by a pixel, a flip moves a lot
     assert nifti.shape == truth.shape and np.mean(nifti == truth) > 0.98
     assert (nifti[truth]).mean() > 0.9 and (nifti[~truth]).mean() < 0.02 and not nifti[3].any()
@@ -111,9 +122,9 @@ def test_seg_round_trip_equals_the_nifti_mask_voxel_for_voxel(tmp_path):
 
 def test_seg_segment_is_coded_as_an_automatic_flair_abnormality(tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
-    files = write_series(data / "s", lesion_kji())
+    files = write_patient(data / "P", lesion_kji())
 
-    _, seg_path = segment_dicom(data, files, out, threshold=0.6, largest_component=True)
+    _, seg_path = segment_patient(data, out, files, threshold=0.6, largest_component=True)
 
     seg = pydicom.dcmread(seg_path)
     [segment] = seg.SegmentSequence
@@ -138,9 +149,10 @@ def test_seg_segment_is_coded_as_an_automatic_flair_abnormality(tmp_path):
 
 def test_an_empty_mask_gives_a_seg_of_empty_frames(tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
-    files = write_series(data / "s", np.zeros((3, 12, 10), bool))
+    files = write_series(data / "s", np.full((3, 12, 10), 100))  # one series: FLAIR alone, allowed
 
-    _, seg_path = segment_dicom(data, files, out)
+    _, seg_path = segment_patient(data, out, files)
+    assert seg_path == out / "s_seg.dcm"
 
     seg = hd.seg.segread(seg_path)
     frames = seg.get_pixels_by_source_instance(
@@ -151,16 +163,16 @@ def test_an_empty_mask_gives_a_seg_of_empty_frames(tmp_path):
 
 def test_skip_existing_redoes_an_input_whose_seg_is_missing(tmp_path):
     data, out = tmp_path / "in", tmp_path / "out"
-    files = write_series(data / "s", lesion_kji())
-    _, seg_path = segment_dicom(data, files, out)
-    mask_path = out / "s_mask.nii.gz"
+    files = write_patient(data / "P", lesion_kji())
+    _, seg_path = segment_patient(data, out, files)
+    mask_path = out / "P_mask.nii.gz"
 
-    network, _ = segment_dicom(data, files, out, skip_existing=True)
+    network, _ = segment_patient(data, out, files, skip_existing=True)
     assert network.slices == 0  # mask and SEG exist: nothing segmented
 
     seg_path.unlink()
     before = mask_path.stat().st_mtime_ns
-    network, _ = segment_dicom(data, files, out, skip_existing=True)
+    network, _ = segment_patient(data, out, files, skip_existing=True)
     assert network.slices == 5 and seg_path.is_file()
     assert mask_path.stat().st_mtime_ns != before
     frames = hd.seg.segread(seg_path).get_pixels_by_source_instance(
