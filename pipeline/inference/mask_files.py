@@ -145,13 +145,17 @@ def write_mask_files(inp: InferenceInput, mask_kji: np.ndarray, output_dir: Path
 
 def read_mask(inp: InferenceInput, output_dir: Path) -> np.ndarray | None:
     """The volume mask written earlier for ``inp`` as (n_slices, rows, columns) uint8, or None when
-    it is missing, unreadable or of another shape than the input's slices (then it is redone)."""
+    it is missing, unreadable, of another slice count than the input's, or a TIFF patient's
+    volume without :data:`TIFF_AFFINE` (then it is segmented again)."""
     path = inp.mask_path(Path(output_dir))
     if not path.is_file():
         return None
     try:
         if path.name.lower().endswith(NIFTI_SUFFIXES):
-            mask = np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
+            image = nib.load(path)
+            if inp.kind == "tiff" and not np.allclose(image.affine, TIFF_AFFINE):
+                return None  # an older layout (H, W, n) with an identity affine: written again
+            mask = np.asarray(image.dataobj).transpose(2, 1, 0)
         else:
             import itk
 

@@ -141,8 +141,8 @@ def test_an_interrupted_run_resumes_with_skip_existing(tmp_path):
     # the kept rows recomputed from the masks on disk, by hand: 2 slices x (3 + n) rows x 6 columns
     assert [int(r["lesion_voxels"]) for r in rows] == [36, 48, 60]
     assert [float(r["lesion_volume_ml"]) for r in rows] == pytest.approx([0.072, 0.096, 0.12])
-    statuses = report_statuses(out / "report.html")
-    assert statuses == {"a.nii.gz": "kept", "b.nii.gz": "kept", "c.nii.gz": "segmented"}
+    sections = report_sections(out / "report.html")
+    assert sections == {"a.nii.gz": ("kept", 1), "b.nii.gz": ("kept", 1), "c.nii.gz": ("segmented", 1)}
 
     # one output deleted: only that input is segmented again
     (out / "b_mask.nii.gz").unlink()
@@ -182,16 +182,50 @@ def test_a_fixed_input_clears_the_failures_of_the_run_before(tmp_path):
     assert [r["input"] for r in read_csv(out / "lesion_volumes.csv")] == ["a.nii.gz", "b.nii.gz"]
 
 
-def report_statuses(path: Path) -> dict[str, str]:
+def report_sections(path: Path) -> dict[str, tuple[str, int]]:
+    """input -> (status, images) of each section of report.html."""
     from html.parser import HTMLParser
 
-    found: dict[str, str] = {}
+    found: dict[str, list] = {}
+    current: list[str] = []
 
     class Sections(HTMLParser):
         def handle_starttag(self, tag, attrs):
             attrs = dict(attrs)
             if tag == "section":
-                found[attrs["data-input"]] = attrs["data-status"]
+                current[:] = [attrs["data-input"]]
+                found[attrs["data-input"]] = [attrs["data-status"], 0]
+            elif tag == "img" and current:
+                found[current[0]][1] += 1
 
     Sections().feed(path.read_text(encoding="utf-8"))
-    return found
+    return {name: (status, images) for name, (status, images) in found.items()}
+
+
+def test_skip_existing_redoes_a_tiff_patient_missing_a_slice_mask_or_in_the_old_layout(tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    patient = data / "TCGA_EE_0005_20000105"
+    patient.mkdir(parents=True)
+    for k in range(1, 4):
+        image = np.full((16, 16, 3), 10, np.uint8)
+        image[4:9, 2:12, 1] = 250
+        tifffile.imwrite(patient / f"{patient.name}_{k}.tif", image)
+    segment_inputs(find_inputs(data), CountingFlair(), out, image_size=16)
+    volume = out / f"{patient.name}_mask.nii.gz"
+
+    network = CountingFlair()
+    segment_inputs(find_inputs(data), network, out, image_size=16, skip_existing=True)
+    assert network.slices == 0
+
+    (out / patient.name / f"{patient.name}_2_mask.tif").unlink()
+    network = CountingFlair()
+    segment_inputs(find_inputs(data), network, out, image_size=16, skip_existing=True)
+    assert network.slices == 3 and (out / patient.name / f"{patient.name}_2_mask.tif").is_file()
+
+    # a volume mask of the earlier layout (H, W, n), identity affine: segmented and written again
+    old = np.asarray(nib.load(volume).dataobj).transpose(1, 0, 2)
+    nib.save(nib.Nifti1Image(old, np.eye(4)), volume)
+    network = CountingFlair()
+    segment_inputs(find_inputs(data), network, out, image_size=16, skip_existing=True)
+    assert network.slices == 3
+    np.testing.assert_array_equal(nib.load(volume).affine, np.diag([-1.0, -1.0, 1.0, 1.0]))
