@@ -77,5 +77,6 @@ def window_to_8bit(values: np.ndarray, stored: np.dtype | type | None = None) ->
     if high <= low:
         scaled = np.full(out.shape, 255.0, np.float32)
     else:
-        scaled = (np.clip(out, low, high) - np.float32(low)) * np.float32(255.0 / (high - low))
+        scaled = (out - np.float32(low)) * np.float32(255.0 / (high - low))
+        scaled = np.clip(scaled, 0.0, 255.0, out=scaled)
     return np.where(foreground, scaled, np.float32(0.0)).astype(np.float32)
