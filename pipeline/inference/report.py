@@ -78,9 +78,7 @@ def montage_png(
         flair: (n_slices, h, w) FLAIR per slice at any resolution (stretched to the slice's shape).
         mask_kji: (n_slices, H, W) mask, 0/1.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     chosen = montage_slices(mask_kji, max_panels)
@@ -93,6 +91,7 @@ def montage_png(
     high = high if high > low else low + 1.0
     dpi = 100
     figure = Figure(figsize=(len(chosen) * panel_w / dpi, PANEL_HEIGHT / dpi), dpi=dpi, facecolor="black")
+    FigureCanvasAgg(figure)  # Agg, without pyplot or a change of the process's backend
     total = len(chosen) * panel_w
     for n, k in enumerate(chosen):
         ax = figure.add_axes((n * panel_w / total, 0.0, panel_w / total, 1.0))

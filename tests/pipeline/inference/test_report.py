@@ -197,3 +197,58 @@ def test_no_report_when_turned_off(tmp_path):
     run_inference(data, BrightFlair(), out, image_size=32, report=False)
     assert (out / "lesion_volumes.csv").is_file()
     assert not (out / "report.html").exists() and not list(out.glob("*_overlay.png"))
+
+
+def test_model_identity_from_a_training_run_folder_reaches_the_report(tmp_path):
+    import hashlib
+    import json
+
+    from pipeline.inference.model_identity import model_identity
+
+    run = tmp_path / "runs" / "unet-f6-s256-e20-20261125-081500"
+    (run / "models").mkdir(parents=True)
+    (run / "evaluation").mkdir()
+    weights = run / "models" / "model.pt"
+    weights.write_bytes(b"not really weights, but bytes to hash" * 1000)
+    (run / "mlflow_run.json").write_text(json.dumps({"run_id": "0123abcd", "tracking_uri": None}))
+    summary = {
+        "checkpoint": str(weights),
+        "aggregates": {"threshold": {"dice": {"mean": 0.8652, "median": 0.9}}},
+    }
+    (run / "evaluation" / "summary.json").write_text(json.dumps(summary))
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps({"name": "LGG test bundle", "version": "9.9.9"}))
+
+    info = model_identity(weights, metadata)
+
+    assert info == {
+        "bundle_name": "LGG test bundle",
+        "bundle_version": "9.9.9",
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "training_run_id": "0123abcd",
+        "training_run": run.name,
+        "validation_volume_dice": 0.8652,
+    }
+    # an evaluation of other weights in the run folder is not this model's Dice
+    summary["checkpoint"] = str(tmp_path / "other.pt")
+    (run / "evaluation" / "summary.json").write_text(json.dumps(summary))
+    assert "validation_volume_dice" not in model_identity(weights, metadata)
+    # weights outside a run folder: no run, the rest known
+    alone = tmp_path / "model.pt"
+    alone.write_bytes(b"x")
+    assert model_identity(alone, metadata) == {
+        "bundle_name": "LGG test bundle",
+        "bundle_version": "9.9.9",
+        "weights_sha256": hashlib.sha256(b"x").hexdigest(),
+    }
+
+    data, out = tmp_path / "in", tmp_path / "out"
+    write_patient(data / "TCGA_AA_0001_20000101", with_lesion=False)
+    run_inference(data, BrightFlair(), out, image_size=32, model_info=model_identity(weights, metadata))
+    cells = [t.strip() for t in parse(out / "report.html").text if t.strip()]
+    for key, value in [
+        ("training_run_id", "0123abcd"),
+        ("validation_volume_dice", "unknown"),
+        ("weights_sha256", hashlib.sha256(weights.read_bytes()).hexdigest()),
+    ]:
+        assert cells[cells.index(key) + 1] == value
