@@ -114,6 +114,7 @@ class Candidate:
         kind: "nifti", "itk" or "dicom".
         series: the DICOM series, for kind "dicom".
         role: its role, None when no pattern matches.
+        error: why it cannot be read as one sequence (e.g. its folder mixes series).
     """
 
     names: tuple[str, ...]
@@ -121,6 +122,7 @@ class Candidate:
     kind: str
     series: DicomSeries | None = None
     role: str | None = None
+    error: str = ""
 
     def describe(self) -> str:
         if self.series is not None and self.path.is_file():
@@ -136,6 +138,8 @@ def is_patient_folder(candidates: Sequence[Candidate]) -> bool:
 def _sequence_header(candidate: Candidate, role: str) -> tuple[int, dict, tuple[float, ...], str]:
     """n_slices, geometry, spacing and orientation kind of one single-channel sequence."""
     path = candidate.path
+    if candidate.error:
+        raise ValueError(candidate.error)
     if candidate.kind == "nifti":
         image, channels = nifti_header(path)
         shape = image.shape

@@ -112,10 +112,25 @@ def candidates_of(record: Folder, folders: dict[Path, Folder], patterns) -> list
     for one in series:
         path = record.path if len(series) == 1 and not record.volumes else one.files[0]
         found.append(Candidate((one.description,), path, "dicom", one))
-    for child in record.children:
-        sub = folders[child]
-        if sub.dicom and not sub.volumes and not sub.children and len(folder_series(sub)) == 1:
-            found.append(Candidate((child.name, sub.series[0].description), child, "dicom", sub.series[0]))
     for candidate in found:
         candidate.role = role_of(candidate.names, patterns)
+    for child in record.children:
+        sub = folders[child]
+        if not sub.dicom or sub.volumes or sub.children:
+            continue
+        series = folder_series(sub)
+        if len(series) == 1:
+            candidate = Candidate((child.name, series[0].description), child, "dicom", series[0])
+            candidate.role = role_of(candidate.names, patterns)
+            found.append(candidate)
+        elif role_of([child.name], patterns) not in (None, "ignore"):
+            # a folder named as a sequence but not one series: the patient's error names it
+            labels = ", ".join(s.label for s in series)
+            error = sub.series_error or (
+                f"sequence folder {child} holds {len(series)} DICOM series ({labels}): a sequence "
+                "folder holds one series; move the other series into folders of their own"
+            )
+            found.append(
+                Candidate((child.name,), child, "dicom", role=role_of([child.name], patterns), error=error)
+            )
     return found
