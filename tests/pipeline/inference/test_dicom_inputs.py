@@ -3,11 +3,16 @@ the real MR files pydicom ships."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from pipeline.inference.inputs import find_inputs
+from pipeline.inference.intensity import window_to_8bit
+from pipeline.inference.volumes import read_volume
 from tests.dicom_support import MR_IMAGE_STORAGE, write_dicom_series
 
 
@@ -138,3 +143,121 @@ def test_itk_reads_the_mr_files_pydicom_ships_as_pydicom_does(tmp_path, name):
     spacing = [float(v) for v in reference.PixelSpacing]
     np.testing.assert_allclose(tuple(image.GetSpacing())[:2], spacing[::-1])
     np.testing.assert_allclose(tuple(image.GetOrigin()), [float(v) for v in reference.ImagePositionPatient])
+
+
+def shuffled_series(folder, volume, **options):
+    """A series whose file names and InstanceNumbers disagree with its slice order."""
+    n = len(volume)
+    order = [(3 * k + 1) % n for k in range(n)]  # a permutation for n = 5
+    return write_dicom_series(folder, volume, name_pattern="F{k}", instance_order=order, **options)
+
+
+def test_headers_give_itks_slice_order_and_geometry(tmp_path):
+    import itk
+
+    c, s = np.cos(np.radians(12)), np.sin(np.radians(12))
+    volume = phantom_kji((5, 16, 20), high=255, seed=4)
+    files = shuffled_series(tmp_path / "s", volume, spacing=(0.7, 0.9, 3.0), origin=(5, -7, 20),
+                            orientation=(1.0, 0.0, 0.0, 0.0, c, -s), bits=8)  # fmt: skip
+    (tmp_path / "s" / "F2").rename(tmp_path / "s" / "Z9")  # the sorted listing is not the slice order
+    files[2] = tmp_path / "s" / "Z9"
+
+    [inp] = find_inputs(tmp_path, allow_flair_only=True)
+
+    names = itk.GDCMSeriesFileNames.New(Directory=str(tmp_path / "s"))
+    ordered = list(names.GetFileNames(names.GetSeriesUIDs()[0]))
+    assert [str(p) for p in inp.dicom_files] == ordered == [str(p) for p in files]
+    image = itk.imread(str(tmp_path / "s"))
+    np.testing.assert_allclose(inp.geometry["origin"], tuple(image.GetOrigin()), atol=1e-4)
+    np.testing.assert_allclose(inp.geometry["spacing"], tuple(image.GetSpacing()), atol=1e-4)
+    np.testing.assert_allclose(inp.geometry["direction"], np.asarray(image.GetDirection()), atol=1e-6)
+    assert inp.spacing == pytest.approx((0.7, 0.9, 3.0), rel=1e-5)  # positions have 6 digits
+    slices = read_volume(inp)  # 8-bit: read as stored
+    np.testing.assert_array_equal(slices[:, 1], itk.array_from_image(image))
+    np.testing.assert_array_equal(slices[:, 1], volume)
+
+
+def test_slices_written_top_down_are_ordered_along_the_normal(tmp_path):
+    """Slice k = ascending position along the normal, whatever order the files were written in."""
+    volume = phantom_kji((4, 8, 8), high=255, seed=5)
+    # the slice normal of IOP (1,0,0, 0,-1,0) is -z: positions fall as k grows, still ascending along it
+    files = write_dicom_series(
+        tmp_path / "s", volume, orientation=(1, 0, 0, 0, -1, 0), bits=8, origin=(0, 0, 0)
+    )
+    [inp] = find_inputs(tmp_path, allow_flair_only=True)
+    assert list(inp.dicom_files) == files
+    np.testing.assert_allclose(inp.geometry["direction"][:, 2], [0, 0, -1])
+    np.testing.assert_array_equal(read_volume(inp)[:, 1], volume)
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm",
+             "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"],
+)  # fmt: skip
+def test_the_mr_files_pydicom_ships_as_inputs(tmp_path, name):
+    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    (tmp_path / "mr").mkdir()
+    shutil.copy(get_testdata_file(name), tmp_path / "mr" / name)
+
+    [inp] = find_inputs(tmp_path, allow_flair_only=True)
+
+    assert (inp.kind, inp.n_slices, inp.error, inp.flair_only) == ("dicom", 1, "", True)
+    assert inp.spacing == pytest.approx((0.3125, 0.3125, 0.8))  # one slice: SliceThickness
+    np.testing.assert_allclose(inp.geometry["origin"], [float(v) for v in reference.ImagePositionPatient])
+    slices = read_volume(inp)
+    assert slices.shape == (1, 3, 64, 64)
+    # decoded by ITK (compressed or not) as pydicom decodes the uncompressed file; 16-bit: windowed
+    np.testing.assert_allclose(slices[0, 1], window_to_8bit(reference.pixel_array), atol=1e-3)
+
+
+def series_error(tmp_path) -> str:
+    [inp] = find_inputs(tmp_path, allow_flair_only=True)
+    assert inp.n_slices == 0
+    return inp.error
+
+
+def test_a_multi_frame_file_is_refused_naming_it(tmp_path):
+    [path] = write_dicom_series(tmp_path / "s", phantom_kji((1, 8, 8)))
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(path, enforce_file_format=True)
+    assert f"{path} is a multi-frame DICOM (2 frames" in series_error(tmp_path)
+
+
+def test_two_acquisitions_sharing_a_series_uid_are_refused(tmp_path):
+    volume = phantom_kji((3, 8, 8))
+    write_dicom_series(tmp_path / "s", volume, series_uid="1.2.3.4.5", name_pattern="A{k}")
+    write_dicom_series(tmp_path / "s", volume, series_uid="1.2.3.4.5", name_pattern="B{k}")
+    error = series_error(tmp_path)
+    assert f"DICOM series 'AX FLAIR' in {tmp_path / 's'} has two slices at one position" in error
+    (tmp_path / "s" / "B0").unlink()
+    (tmp_path / "s" / "B1").unlink()
+    (tmp_path / "s" / "B2").unlink()
+    write_dicom_series(tmp_path / "s", volume, series_uid="1.2.3.4.5", name_pattern="B{k}",
+                       orientation=(0, 1, 0, 0, 0, -1))  # fmt: skip
+    assert "mixes 2 orientations" in series_error(tmp_path)
+
+
+def test_a_missing_slice_or_position_is_refused(tmp_path):
+    files = write_dicom_series(tmp_path / "s", phantom_kji((6, 8, 8)))
+    files[3].unlink()
+    error = series_error(tmp_path)
+    assert "slice gaps are not uniform (2.5 to 5 mm): a slice is missing" in error
+    ds = pydicom.dcmread(files[0])
+    del ds.ImagePositionPatient
+    ds.save_as(files[0], enforce_file_format=True)
+    assert f"{files[0]} lacks ImagePositionPatient" in series_error(tmp_path)
+
+
+def test_non_image_dicom_files_are_ignored(tmp_path):
+    volume = phantom_kji((3, 8, 8), high=255)
+    write_dicom_series(tmp_path / "s", volume, bits=8)
+    report = pydicom.dcmread(write_dicom_series(tmp_path / "tmp", volume[:1])[0])
+    for keyword in ("PixelData", "Rows", "Columns"):
+        delattr(report, keyword)
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    report.save_as(tmp_path / "s" / "SR0001", enforce_file_format=True)
+    shutil.rmtree(tmp_path / "tmp")
+    [inp] = find_inputs(tmp_path, allow_flair_only=True)
+    assert (inp.n_slices, inp.error, len(inp.dicom_files)) == (3, "", 3)
