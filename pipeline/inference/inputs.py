@@ -50,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.data.discovery import TIFF_SUFFIXES, DatasetError, discover, no_slices_message, scan_dataset
+from pipeline.flags import truthy
 from pipeline.inference.input_record import EXPECTED_INPUTS, NIFTI_SUFFIXES, InferenceInput
 from pipeline.inference.sequences import FLAIR_ONLY, is_patient_folder, patient_input
 from pipeline.inference.sequences import sequence_patterns as resolve_patterns
@@ -142,8 +143,8 @@ def _folder_inputs(
 def find_inputs(
     dataset_dir: str | os.PathLike,
     *,
-    sequence_patterns: Mapping[str, str | Sequence[str]] | None = None,
-    allow_flair_only: bool = False,
+    sequence_patterns: Mapping[str, str | Sequence[str]] | str | None = None,
+    allow_flair_only: bool | str = False,
 ) -> list[InferenceInput]:
     """Everything under ``dataset_dir`` that can be segmented, and what cannot, sorted by name.
 
@@ -152,7 +153,9 @@ def find_inputs(
         sequence_patterns: role ("flair", "t1", "t1c", "ignore") -> glob patterns matched
             (case-insensitive) against the names of the sequences of patient folders; the roles
             given replace their defaults (:data:`pipeline.inference.sequences.DEFAULT_SEQUENCE_PATTERNS`).
-        allow_flair_only: segment an input that has FLAIR alone (refused by default).
+            A string (as the bundle CLI passes it) is read as a Python/JSON literal.
+        allow_flair_only: segment an input that has FLAIR alone (refused by default); the
+            strings "true"/"false" of the bundle CLI are accepted.
 
     Returns:
         The TIFF patients, patient folders and volumes, sorted by :attr:`InferenceInput.name`;
@@ -163,6 +166,7 @@ def find_inputs(
         ValueError: ``sequence_patterns`` names an unknown role or holds a non-string.
     """
     patterns = resolve_patterns(sequence_patterns)
+    allow_flair_only = truthy(allow_flair_only)
     root = Path(dataset_dir).expanduser().resolve()
     if not root.exists():
         raise DatasetError(f"input {root} does not exist; {EXPECTED_INPUTS}.")

@@ -44,6 +44,7 @@ A missing T1 or post-contrast T1 is replaced by FLAIR, as the training data do f
 
 from __future__ import annotations
 
+import ast
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,13 +76,24 @@ FLAIR_ONLY = (
 
 
 def sequence_patterns(
-    overrides: Mapping[str, str | Sequence[str]] | None = None,
+    overrides: Mapping[str, str | Sequence[str]] | str | None = None,
 ) -> dict[str, tuple[str, ...]]:
     """The patterns of each role: the defaults, with the roles in ``overrides`` replaced.
 
+    Args:
+        overrides: role -> patterns, or that dict written as a Python/JSON literal (the bundle
+            CLI may pass ``--sequence_patterns "{'flair': ['*dark_fluid*']}"`` as a string).
+
     Raises:
-        ValueError: an unknown role, or a pattern that is not a string.
+        ValueError: not a dict, an unknown role, or a pattern that is not a string.
     """
+    if isinstance(overrides, str):
+        try:
+            overrides = ast.literal_eval(overrides) if overrides.strip() else None
+        except (ValueError, SyntaxError):
+            overrides = "not a literal"
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ValueError(f"sequence_patterns must be a dict role -> list of glob patterns, not {overrides!r}")
     patterns = dict(DEFAULT_SEQUENCE_PATTERNS)
     for role, value in dict(overrides or {}).items():
         if role not in ROLES:

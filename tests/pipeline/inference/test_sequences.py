@@ -134,6 +134,11 @@ def test_one_key_configures_the_names(tmp_path):
     }
     with pytest.raises(ValueError, match="sequence_patterns: unknown role 't2'; the roles are flair, t1c"):
         find_inputs(tmp_path, sequence_patterns={"t2": ["*t2*"]})
+    # as the bundle CLI passes them: strings
+    [cli] = find_inputs(tmp_path, sequence_patterns="{'flair': ['*dark_fluid*'], 't1c': ['*contrast*']}")
+    assert cli.sequences == inp.sequences
+    with pytest.raises(ValueError, match="sequence_patterns must be a dict role -> list of glob patterns"):
+        find_inputs(tmp_path, sequence_patterns="flair=*dark*")
 
 
 def test_two_flairs_are_an_error_naming_the_folder_and_the_files(tmp_path):
@@ -176,7 +181,8 @@ def test_flair_alone_is_refused_by_default_saying_why_and_allowed_on_request(tmp
     assert "allow_flair_only=True (bundle: --allow_flair_only true)" in refused.error
     assert refused.error in caplog.text
 
-    [allowed] = find_inputs(tmp_path, allow_flair_only=True)
+    assert find_inputs(tmp_path, allow_flair_only="false")[0].n_slices == 0  # the bundle CLI's strings
+    [allowed] = find_inputs(tmp_path, allow_flair_only="true")
     assert (allowed.n_slices, allowed.flair_only, allowed.substituted, allowed.error) == (
         5,
         True,
