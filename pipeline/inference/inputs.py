@@ -39,7 +39,8 @@ Decisions:
   folder and the fix, and logged as an error; the run skips it. Only a missing ``dataset_dir``,
   or one holding nothing recognisable, raises DatasetError.
 - Finding reads headers only (nibabel headers, ITK image information, DICOM headers up to the
-  pixel data); :func:`pipeline.inference.volumes.read_volume` reads one input's pixels at a time.
+  pixel data; the folder tree by :mod:`pipeline.inference.sequences_scan`):
+  :func:`pipeline.inference.volumes.read_volume` reads one input's pixels at a time.
 """
 
 from __future__ import annotations
