@@ -37,6 +37,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from pipeline.atomic import write_atomically
+from pipeline.training.weights import read_weights, weights_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -168,49 +169,32 @@ class BestModelSaver(RunCheckpoints):
         self._key_metric_checkpoint.load_state_dict({"_saved": saved})
 
 
-def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+def load_weights(network: torch.nn.Module, path: str | Path, hint: str | None = None) -> torch.nn.Module:
     """Load weights into ``network`` from ``model.pt`` (a state_dict) or a training checkpoint.
 
-    Loading is weights-only: a file that needs arbitrary pickled objects is refused.
+    Loading is weights-only (:func:`read_weights`).
+
+    Args:
+        network: the network to load into.
+        path: the weights file.
+        hint: what to do when the weights do not fit, for the error message. Default None: pass
+            the same ``--network_def#...`` overrides as for training.
 
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a weights-only checkpoint, or it belongs to another network
             (the message lists the first mismatching keys or shapes).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --ckpt_path /path/to/model.pt")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    state = read_weights(path)
+    details = weights_mismatch(network, state)
+    if details:
         raise ValueError(
-            f"{path} cannot be loaded weights-only ({type(error).__name__}: {str(error).splitlines()[0]}). "
-            "Checkpoints holding arbitrary pickled objects are refused: they can run code when loaded. "
-            "Re-save the weights with torch.save(network.state_dict(), path)."
-        ) from error
-    if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
-        state = state["network"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state_dict of tensors")
-    target = network.state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    shapes = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
-    if missing or unexpected or shapes:
-        details = []
-        if shapes:
-            details.append(
-                "shape mismatch: "
-                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in shapes[:3])
+            f"{path} does not fit the configured network ({details}). "
+            + (
+                hint
+                or "It was trained with other network settings: pass the same --network_def#... "
+                "overrides as for training."
             )
-        if missing:
-            details.append(f"missing keys: {missing[:3]}")
-        if unexpected:
-            details.append(f"unexpected keys: {unexpected[:3]}")
-        raise ValueError(
-            f"{path} does not fit the configured network ({'; '.join(details)}). It was trained with other "
-            "network settings: pass the same --network_def#... overrides as for training."
         )
     network.load_state_dict(state)
     return network

@@ -33,16 +33,23 @@ def write_slice(path: Path, seed: int = 0, shape=(40, 48)) -> None:
 
 
 def test_tiff_preprocessing_is_the_training_one(tmp_path):
+    from pipeline.training.model_settings import trained_settings
+
+    # a checkpoint without a run config gets train.json's network and image size
     train, infer = parser_of("train.json"), parser_of("inference.json")
-    assert infer["network_def"] == train["network_def"]
-    assert infer["image_size"] == train["image_size"]
+    bare = tmp_path / "model.pt"
+    torch.save({}, bare)
+    fallback = trained_settings(bare)
+    assert fallback.network == train["network_def"] and fallback.image_size == train["image_size"]
+    assert infer["network_def"]["_target_"] == train["network_def"]["_target_"]
 
     # the same numbers, from the configs, the Python entry point, and the volume-slice path
     image = tmp_path / "TCGA_AA_0001_20000101" / "TCGA_AA_0001_20000101_1.tif"
     write_slice(image)
     mask = image.with_name("TCGA_AA_0001_20000101_1_mask.tif")
     tifffile.imwrite(mask, np.zeros((40, 48), np.uint8))
-    train, infer = parser_of("train.json", image_size=32), parser_of("inference.json", image_size=32)
+    train = parser_of("train.json", image_size=32)
+    infer = parser_of("inference.json", image_size=32, training_config=None)
     expected = train.get_parsed_content("validate#preprocessing")({"image": str(image), "label": str(mask)})[
         "image"
     ]
@@ -76,7 +83,9 @@ def test_the_preprocessing_is_defined_once_in_train_json(tmp_path):
     infer = parser_of("inference.json", image_size=32, training_config=str(changed))
     out = infer.get_parsed_content("preprocessing")({"image": str(image)})["image"]
     assert float(out.max()) == pytest.approx(2.0, abs=0.05) and float(out.min()) >= 0.0
-    default = parser_of("inference.json", image_size=32).get_parsed_content("preprocessing")
+    default = parser_of("inference.json", image_size=32, training_config=None).get_parsed_content(
+        "preprocessing"
+    )
     torch.testing.assert_close(out, 2.0 * default({"image": str(image)})["image"], rtol=0, atol=1e-5)
     exported = [t for t in standalone_transforms(changed) if t["_target_"] == "ScaleIntensityd"]
     assert exported == [{"_target_": "ScaleIntensityd", "keys": ["image"], "minv": 0.0, "maxv": 2.0}]
@@ -95,7 +104,8 @@ def test_bundle_workflow_infers_tiff_and_nifti(tmp_path):
             write_slice(data / patient / f"{patient}_{k}.tif", seed=k, shape=(32, 32))
     affine = np.diag([0.9, 0.9, 3.0, 1.0])
     rng = np.random.default_rng(3)
-    nib.save(nib.Nifti1Image(rng.random((32, 24, 4), dtype=np.float32), affine), data / "scan.nii.gz")
+    # three sequences, channel last (a single-channel volume is FLAIR alone: refused by default)
+    nib.save(nib.Nifti1Image(rng.random((32, 24, 4, 3), dtype=np.float32), affine), data / "scan.nii.gz")
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
     torch.save(UNet(n_filters=2, depth=3).state_dict(), ckpt)
@@ -134,3 +144,69 @@ def test_bundle_workflow_infers_tiff_and_nifti(tmp_path):
     voxels = int(np.asarray(result.dataobj).sum())
     assert int(rows[2]["lesion_voxels"]) == voxels
     assert float(rows[2]["lesion_volume_mm3"]) == round(voxels * 0.9 * 0.9 * 3.0, 3)
+
+
+def _infer(tmp_path: Path, data: Path, ckpt: Path, out: Path, **overrides) -> None:
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(data),
+        ckpt_path=str(ckpt),
+        output_dir=str(out),
+        **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def test_tta_true_is_the_flip_average_of_the_logits_and_false_the_plain_network(tmp_path):
+    """inference.json ``tta``: the flip average evaluate.json's ``tta`` option measures, computed
+    here independently with the network alone (slices at the network's size: no resize)."""
+    patient = "TCGA_AA_0001_20000101"
+    files = [tmp_path / "in" / patient / f"{patient}_{k}.tif" for k in (1, 2, 3)]
+    for k, path in enumerate(files):
+        write_slice(path, seed=10 + k, shape=(32, 32))
+    torch.manual_seed(0)
+    network = UNet(n_filters=2, depth=3).eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(network.state_dict(), ckpt)
+
+    raw = torch.from_numpy(
+        np.stack([np.moveaxis(tifffile.imread(p), -1, 0) for p in files]).astype(np.float32)
+    )
+    x = (raw - raw.amin(dim=(1, 2, 3), keepdim=True)) / (
+        raw.amax(dim=(1, 2, 3), keepdim=True) - raw.amin(dim=(1, 2, 3), keepdim=True)
+    )
+    with torch.no_grad():
+        logits = network(x)[:, 0]
+        flipped = torch.flip(network(torch.flip(x, dims=[-1])), dims=[-1])[:, 0]
+    plain, averaged = torch.sigmoid(logits).numpy(), torch.sigmoid((logits + flipped) / 2).numpy()
+    threshold = float(np.median(averaged))  # half the pixels lesion: the masks say something
+    assert 0.0 < threshold < 1.0
+
+    settings = {"network_def#n_filters": 2, "network_def#depth": 3, "image_size": 32, "threshold": threshold}
+    masks = {}
+    for tta in (False, True):
+        out = tmp_path / f"out-{tta}"
+        _infer(tmp_path, tmp_path / "in", ckpt, out, tta=tta, **settings)
+        masks[tta] = np.stack([tifffile.imread(out / patient / f"{p.stem}_mask.tif") > 0 for p in files])
+    for tta, expected in ((False, plain), (True, averaged)):
+        decided = np.abs(expected - threshold) > 1e-5  # float noise only at the threshold itself
+        np.testing.assert_array_equal(masks[tta][decided], (expected > threshold)[decided])
+    assert (masks[True] != masks[False]).sum() > 20  # the flip changed the masks
+
+
+def test_tta_reads_the_command_line_strings():
+    from pipeline.inference.tta import FlipTTA
+
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(3, 1, 3, padding=1)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(FlipTTA("false")(x, network), network(x))
+        average = (network(x) + torch.flip(network(torch.flip(x, dims=[-1])), dims=[-1])) / 2
+        torch.testing.assert_close(FlipTTA("true")(x, network), average)

@@ -62,3 +62,55 @@ def test_a_resumed_saver_keeps_the_best_and_ignores_worse_epochs(tmp_path):
     _validation(resumed, 0.6, epoch=2)  # later and worse: without the restored record it would save
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], best_weights)
     assert (resumed.best, resumed.best_epoch) == (0.8, 1)
+
+
+def test_weights_are_read_weights_only_from_model_pt_and_training_checkpoints(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from pipeline.training.checkpoints import load_weights
+    from pipeline.training.weights import read_weights
+
+    network = torch.nn.Linear(2, 1)
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    torch.save({"network": network.state_dict(), "trainer": {"epoch": 3}}, tmp_path / "checkpoint_epoch=3.pt")
+    for name in ("model.pt", "checkpoint_epoch=3.pt"):
+        state = read_weights(tmp_path / name)
+        assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], network.weight.detach())
+    # a pickled object other than tensors is refused before it runs: the marker file is not made
+    marker = tmp_path / "ran"
+    code = (
+        "import os, torch\n"
+        "class Evil:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'weight': Evil()}}, {str(tmp_path / 'evil.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+    with pytest.raises(ValueError, match="cannot be loaded weights-only"):
+        read_weights(tmp_path / "evil.pt")
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match="pass --ckpt_path"):
+        read_weights(tmp_path / "missing.pt")
+    # another network: the shapes named, and the hint (or the default one) as the fix
+    with pytest.raises(ValueError, match=r"weight \(1, 2\) vs \(3, 2\).*Use the run's settings\.$"):
+        load_weights(torch.nn.Linear(2, 3), tmp_path / "model.pt", hint="Use the run's settings.")
+    with pytest.raises(ValueError) as other:
+        load_weights(torch.nn.Sequential(torch.nn.Linear(2, 1)), tmp_path / "model.pt")
+    message = str(other.value)
+    assert "missing keys: ['0.bias', '0.weight']; unexpected keys: ['bias', 'weight']" in message
+    assert message.endswith("pass the same --network_def#... overrides as for training.")
+
+
+def test_the_unet_settings_are_read_from_its_weights():
+    from networks import UNet
+    from pipeline.training.weights import unet_settings_of
+
+    for settings in (
+        {"channels_in": 3, "n_classes": 1, "depth": 5, "n_filters": 3},
+        {"channels_in": 1, "n_classes": 2, "depth": 2, "n_filters": 0},
+    ):
+        assert unet_settings_of(UNet(**settings).state_dict()) == settings
+    assert unet_settings_of(torch.nn.Linear(2, 1).state_dict()) is None
