@@ -12,6 +12,8 @@ import io
 import json
 import os
 import pickle
+import re
+import shutil
 import stat
 import struct
 import warnings
@@ -53,14 +55,24 @@ def write_zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]]) ->
     return path
 
 
-def rezip(bundle: Path, path: Path, changes: dict[str, bytes] | None = None, rehash: bool = True) -> Path:
-    """The bundle folder as a zip (top folder TOP), with files replaced; hashes recomputed if ``rehash``."""
+def rezip(
+    bundle: Path,
+    path: Path,
+    changes: dict[str, bytes | None] | None = None,
+    rehash: bool = True,
+) -> Path:
+    """The bundle folder as a zip (top folder TOP), with files replaced (None: removed); the hashes
+    of the files metadata.json lists recomputed if ``rehash``."""
     files = {p.relative_to(bundle).as_posix(): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     files.update(changes or {})
+    files = {name: data for name, data in files.items() if data is not None}
     if rehash:
         meta = json.loads(files["configs/metadata.json"])
         for name in MODEL_FILES:
             meta["model_files"][name]["sha256"] = hashlib.sha256(files[name]).hexdigest()
+        for name in meta.get("scripts_files", {}):
+            if name in files:
+                meta["scripts_files"][name]["sha256"] = hashlib.sha256(files[name]).hexdigest()
         files["configs/metadata.json"] = json.dumps(meta).encode()
     return write_zip(path, [(f"{TOP}/{name}", data) for name, data in sorted(files.items())])
 
@@ -209,3 +221,105 @@ def test_pickle_scan_sees_globals_of_every_protocol_and_passes_the_exported_mode
     assert check_torch_file(bundle / "models" / "model.pt") == []
     assert check_torch_file(bundle / "models" / "model.ts", torchscript=True) == []
     assert "__torch__" in check_torch_file(bundle / "models" / "model.ts")[0]  # not weights only
+
+
+SCRIPT = "scripts/pipeline/errors.py"
+ADDED = "not listed in metadata.json (file added after export)"
+
+
+@pytest.mark.parametrize(
+    "change, name, reason",
+    [
+        ("added", "scripts/pipeline/inference/extra.py", ADDED),
+        ("removed", "scripts/pipeline/inference/orientation.py", "listed in metadata.json but missing"),
+        ("changed", SCRIPT, "sha256 differs from metadata.json (file changed after export)"),
+        ("bytecode", "scripts/pipeline/__pycache__/errors.cpython-311.pyc", ADDED + "; not loaded. Python"),
+    ],
+)
+def test_a_script_added_removed_or_changed_is_refused_by_name(bundle, tmp_path, change, name, reason):
+    marker = tmp_path / "pwned"
+    payload = f"import pathlib; pathlib.Path({str(marker)!r}).touch()\n".encode()
+    data = None if change == "removed" else payload
+    if change == "changed":
+        data = (bundle / SCRIPT).read_bytes() + payload
+    zip_path = rezip(bundle, tmp_path / "in" / "b.zip", {name: data}, rehash=False)
+    refused(zip_path, tmp_path / "dest", f"{TOP}/{name}: {reason}")
+    assert not marker.exists()
+    # the same for the unpacked folder
+    folder = tmp_path / "folder"
+    shutil.copytree(bundle, folder)
+    if data is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    problems = verify.verify_bundle(folder)
+    assert [p for p in problems if p.startswith(f"{folder / name}: {reason}")], problems
+    assert cli.main(["verify-bundle", str(folder)]) == 1
+
+
+def test_a_real_bytecode_cache_is_refused_with_the_fix(bundle, tmp_path):
+    import py_compile
+
+    folder = tmp_path / "folder"
+    shutil.copytree(bundle, folder)
+    cached = py_compile.compile(str(folder / SCRIPT), doraise=True)  # what running the bundle leaves
+    problems = verify.verify_bundle(folder)
+    assert len(problems) == 1 and problems[0].startswith(f"{cached}: not listed in metadata.json"), problems
+    assert "__pycache__ -exec rm -r {} +" in problems[0]
+    shutil.rmtree(Path(cached).parent)
+    assert verify.verify_bundle(folder) == []
+
+
+def test_scripts_files_must_be_recorded_and_inside_scripts(bundle, tmp_path):
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    outside = dict(meta, scripts_files={**meta["scripts_files"], "configs/inference.json": {"sha256": "0"}})
+    zip_path = rezip(
+        bundle, tmp_path / "in" / "b.zip", {"configs/metadata.json": json.dumps(outside).encode()}
+    )
+    refused(
+        zip_path, tmp_path / "dest", "scripts_files lists 'configs/inference.json', not a file under scripts/"
+    )
+    unlisted = {k: v for k, v in meta.items() if k != "scripts_files"}
+    zip_path = rezip(
+        bundle, tmp_path / "in" / "c.zip", {"configs/metadata.json": json.dumps(unlisted).encode()}
+    )
+    refused(zip_path, tmp_path / "dest", "no sha256 recorded for the files under scripts/")
+
+
+@pytest.mark.parametrize(
+    "config, key, value",
+    [
+        ("inference.json", "scripts", "$runpy.run_path({marker!r})"),
+        ("inference.json", "dataset#_target_", "scripts.pipeline.inference.inputs.find_inputs"),
+        ("inference.json", "initialize#0", "$@scripts.pipeline.errors.install() or open({marker!r}, 'w')"),
+        ("train.json", "deterministic_transforms#0#reader", "$__import__('os').system('touch {marker}')"),
+        ("train.json", "imports#4", "$import shutil"),
+        ("evaluate.json", "eval_dir", "$open({marker!r}, 'w')"),
+    ],
+)
+def test_code_that_export_does_not_write_is_refused_in_every_config(bundle, tmp_path, config, key, value):
+    marker = tmp_path / "pwned"
+    data = json.loads((bundle / "configs" / config).read_text())
+    *path, last = key.split("#")
+    node = data
+    for part in path:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(last) if isinstance(node, list) else last] = value.format(marker=str(marker))
+    zip_path = rezip(bundle, tmp_path / "in" / "b.zip", {f"configs/{config}": json.dumps(data).encode()})
+    refused(zip_path, tmp_path / "dest", f"configs/{config}: {key} = ", "does not write")
+    assert not marker.exists()
+
+
+def test_the_code_export_writes_is_accepted(bundle):
+    """Every code string of the exported configs is allowed, and the allow-list is not everything."""
+    from pipeline.export.bundle_configs import allowed_code, code_strings
+
+    allowed = allowed_code()
+    for name in ("configs/inference.json", "configs/train.json", "configs/evaluate.json"):
+        written = {value for _, value in code_strings(json.loads((bundle / name).read_text()))}
+        assert written and written <= allowed[name], sorted(written - allowed[name])
+    assert (
+        "$@scripts.pipeline.inference.workflow.find_inputs(@dataset_dir)" in allowed["configs/inference.json"]
+    )
+    assert not [v for v in allowed["configs/inference.json"] if re.match(r"\$import (pipeline|scripts)", v)]
