@@ -225,6 +225,26 @@ def _fix(trained: TrainedSettings, given: dict, state: Mapping, used: Mapping) -
     )
 
 
+def build_network(network_def: Any, trained: TrainedSettings | None = None) -> tuple[Any, dict, dict]:
+    """(the network, untrained; the arguments it was built with; those of ``network_def`` that
+    replaced a value of ``trained``).
+
+    Args:
+        network_def: the config's ``network_def``: a ``_mode_`` "callable" component (a partial of
+            the network class whose non-null arguments replace ``trained``'s), or a built module
+            (used as it is).
+        trained: from :func:`trained_settings`. Default None: train.json's ``network_def``.
+    """
+    if isinstance(network_def, torch.nn.Module):
+        return network_def, {}, {}
+    recorded = trained.network if trained is not None else json.loads(TRAIN_CONFIG.read_text())["network_def"]
+    target, arguments = _parts(network_def)
+    settings = {k: v for k, v in recorded.items() if k != "_target_" and v is not None}
+    given = {k: v for k, v in arguments.items() if v is not None and settings.get(k) != v}
+    settings.update({k: v for k, v in arguments.items() if v is not None})
+    return target(**settings), settings, given
+
+
 def load_network(
     network_def: Any,
     trained: TrainedSettings,
@@ -232,12 +252,11 @@ def load_network(
     allow_other_image_size: bool | str = False,
     device: str | torch.device | None = None,
 ) -> torch.nn.Module:
-    """The network of ``trained`` with its weights, on ``device``, after the image-size check.
+    """The network of ``trained`` (:func:`build_network`) with its weights, on ``device``, after
+    the image-size check.
 
     Args:
-        network_def: the config's ``network_def``: a ``_mode_`` "callable" component (a partial of
-            the network class whose non-null arguments replace the run's), or a built module
-            (used as it is).
+        network_def: the config's ``network_def`` (see :func:`build_network`).
         trained: from :func:`trained_settings`.
         image_size: the size the network will see, checked by :func:`check_image_size`. Default
             None: not checked.
@@ -251,30 +270,17 @@ def load_network(
     if image_size is not None:
         check_image_size(trained, image_size, allow_other_image_size)
     origin = f"run config {trained.config_file}" if trained.from_run else f"defaults of {TRAIN_CONFIG}"
-    if isinstance(network_def, torch.nn.Module):
-        network, given, settings = network_def, {}, {}
-        logger.info(
-            "network_def is a built %s: the settings of the %s are not applied",
-            type(network).__name__,
-            origin,
-        )
-    else:
-        target, arguments = _parts(network_def)
-        settings = {k: v for k, v in trained.network.items() if k != "_target_" and v is not None}
-        given = {k: v for k, v in arguments.items() if v is not None and settings.get(k) != v}
-        settings.update({k: v for k, v in arguments.items() if v is not None})
-        network = target(**settings)
-        name = getattr(target, "__name__", str(target))
-        overrides = f"; given in the config or command line: {_describe(given)}" if given else ""
-        logger.info(
-            "Model %s: %s(%s) from the %s, image size %s px%s",
-            trained.checkpoint,
-            name,
-            _describe(settings),
-            origin,
-            image_size if image_size is not None else trained.image_size,
-            overrides,
-        )
+    network, settings, given = build_network(network_def, trained)
+    overrides = f"; given in the config or command line: {_describe(given)}" if given else ""
+    logger.info(
+        "Model %s: %s(%s) from the %s, image size %s px%s",
+        trained.checkpoint,
+        type(network).__name__,
+        _describe(settings) if settings else "built by network_def; the recorded settings not applied",
+        origin,
+        image_size if image_size is not None else trained.image_size,
+        overrides,
+    )
     state = read_weights(trained.checkpoint)
     details = weights_mismatch(network, state)
     if details:

@@ -13,6 +13,7 @@ import torch
 
 from networks import UNet
 from pipeline.training.model_settings import (
+    build_network,
     check_image_size,
     load_network,
     run_config_file,
@@ -204,3 +205,15 @@ def test_weights_that_fit_no_settings_name_the_keys_and_the_fix(tmp_path):
     torch.save(UNet(n_filters=1, depth=2).state_dict(), run / "models" / "model.pt")
     with pytest.raises(ValueError, match=r"do not match their run's settings.*was the file replaced"):
         load_network(_callable(), trained_settings(run / "models" / "model.pt"))
+
+
+def test_an_untrained_network_of_the_defaults_and_the_values_given():
+    """What a benchmark without a checkpoint builds: train.json's network_def, values given win."""
+    network, settings, given = build_network(_callable(n_filters=2, depth=3))
+    assert isinstance(network, UNet) and given == {"n_filters": 2, "depth": 3}
+    assert settings == {k: v for k, v in TRAIN["network_def"].items() if k != "_target_"} | given
+    assert {m.p for m in network.modules() if isinstance(m, torch.nn.Dropout)} == {
+        TRAIN["network_def"]["dropout"]
+    }
+    built = torch.nn.Linear(2, 1)
+    assert build_network(built) == (built, {}, {})
