@@ -19,7 +19,8 @@ of two styles:
   logged to MLflow, with the original names).
 
 The keys of inference.json that must differ in a bundle are set here: the checkpoint
-(``models/model.pt``) and the post-processing options chosen from the model's evaluation; the
+(``models/model.pt``), the metadata the outputs name the model from (``metadata_file``, where
+inference.json has the key) and the post-processing options chosen from the model's evaluation; the
 training config (``configs/train.json``), the network settings and the image size of the run
 where inference.json holds constants for them, not values it reads from the checkpoint's run
 (for an exported bundle, its configs/train.json).
@@ -44,6 +45,7 @@ LOAD_SCRIPTS = f"$runpy.run_path(os.path.join(@bundle_root, '{PACKAGE}', 'loader
 BUNDLE_KEYS = {
     "ckpt_path": "$@bundle_root + '/models/model.pt'",
     "training_config": "$@bundle_root + '/configs/train.json'",
+    "metadata_file": "$@bundle_root + '/configs/metadata.json'",  # the model's identity in the outputs
 }
 OVERLAYS = ("train.json", "demo.json", "multi_gpu_train.json")  # what a run's merged config holds
 
@@ -173,6 +175,8 @@ def inference_config(
     config["ckpt_path"] = BUNDLE_KEYS["ckpt_path"]
     if not _derived(source.get("training_config")):
         config["training_config"] = BUNDLE_KEYS["training_config"]
+    if "metadata_file" in source:
+        config["metadata_file"] = BUNDLE_KEYS["metadata_file"]
     if not _derived(source.get("image_size")):
         config["image_size"] = int(image_size)
     if any(v is not None for k, v in source.get("network_def", {}).items() if not k.startswith("_")):

@@ -197,10 +197,16 @@ def check_pickles(bundle: Path) -> list[str]:
     return []
 
 
+def _normal(code: str) -> str:
+    """MONAI evaluates ``@a#b`` as ``@a::b`` (it replaces every ``#`` before evaluating)."""
+    return code.replace("#", "::")
+
+
 def check_expressions(bundle: Path) -> list[str]:
     """The configs run only the code ``export`` writes; metadata.json holds no expressions."""
     problems = []
-    for name, allowed in allowed_code().items():
+    for name, written in allowed_code().items():
+        allowed = {_normal(v) for v in written}
         path = bundle / name
         if not path.exists() and name == "configs/evaluate.json":
             continue
@@ -212,7 +218,7 @@ def check_expressions(bundle: Path) -> list[str]:
         for key, value in code_strings(config):
             if name.endswith("metadata.json") and not value.startswith(("$", "%")):
                 continue  # a _target_ in metadata is data; MONAI runs "$import ..." anywhere, even in _meta_
-            if value not in allowed:
+            if _normal(value) not in allowed:
                 problems.append(
                     f"{path}: {key} = {value[:80]!r} is code that `python -m pipeline export` does not "
                     "write; MONAI would run it, so the bundle was not loaded"

@@ -116,10 +116,8 @@ def setting(tmp_path_factory):
     config = json.loads((CONFIGS / "train.json").read_text())
     config.update(network_def=NETWORK, image_size=IMAGE_SIZE, bundle_root=str(root), epochs=2)
     (run / "config.json").write_text(json.dumps(config))
-    summary = {
-        "n_patients": 2,
-        "aggregates": {"threshold": {"dice": {"mean": 0.6}}, "tta": {"dice": {"mean": 0.7}}},
-    }
+    dice = {"threshold": 0.6, "tta": 0.7, "tta+lcc": 0.72}
+    summary = {"n_patients": 2, "aggregates": {option: {"dice": {"mean": v}} for option, v in dice.items()}}
     (run / "evaluation").mkdir()
     (run / "evaluation" / "summary.json").write_text(json.dumps(summary))
     started = time.perf_counter()
@@ -213,8 +211,9 @@ def test_the_unzipped_bundle_segments_clinical_inputs_as_the_project_does(settin
     assert run["scripts"] == str(run["bundle"] / "scripts" / "__init__.py")  # the bundle's own code
     inference = json.loads((run["bundle"] / "configs" / "inference.json").read_text())
     meta = json.loads((run["bundle"] / "configs" / "metadata.json").read_text())
-    assert meta["postprocessing"]["option"] == "tta"  # summary.json: tta 0.7 > threshold 0.6
+    assert meta["postprocessing"]["option"] == "tta+lcc"  # summary.json: the best per-volume Dice
     options = {k: inference[k] for k in ("tta", "largest_component") if k in inference}
+    assert options["tta"] is True and options.get("largest_component", True) is True
     _ours(setting, options, ours)
 
     written = sorted(p.relative_to(ours).as_posix() for p in ours.rglob("*") if p.is_file())
