@@ -81,12 +81,28 @@ def closure(roots: Iterable[str], root: Path = ROOT) -> dict[str, Path]:
     return dict(sorted(seen.items()))
 
 
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
 def longest_module(dotted: str, root: Path = ROOT) -> str | None:
-    """The longest prefix of ``dotted`` (``pipeline.x.y.func``) that is a repository module."""
+    """The repository module that ``dotted`` (``pipeline.x.y.func``) names or names something
+    of: the longest prefix that is a module, when what follows it is defined there; else None."""
     parts = dotted.split(".")
     for end in range(len(parts), 0, -1):
-        if module_file(".".join(parts[:end]), root) is not None:
-            return ".".join(parts[:end])
+        path = module_file(".".join(parts[:end]), root)
+        if path is not None:
+            rest = parts[end:]
+            return ".".join(parts[:end]) if not rest or rest[0] in _top_level_names(path) else None
     return None
 
 

@@ -290,3 +290,14 @@ def test_export_refuses_a_non_empty_folder_and_a_missing_checkpoint(exported, ru
         export_bundle(source_from_checkpoint(run_dir / "models" / "model.pt"), bundle)
     code = cli.main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "b")])
     assert code == 1 and "nope.pt" in caplog.text
+
+
+def test_an_export_that_fails_midway_leaves_nothing(run_dir, tmp_path, caplog):
+    """A run config naming code that is not in the repository fails while the bundle is written
+    (after the weights and configs): no folder, no zip, no staging folder is left."""
+    source = source_from_checkpoint(run_dir / "models" / "model.pt")
+    source.config["deterministic_transforms"].append({"_target_": "pipeline.nowhere.Thing", "keys": "image"})
+    out = tmp_path / "exports" / "lgg"
+    with pytest.raises(ValueError, match=r"pipeline\.nowhere\.Thing in the bundle configs is no module"):
+        export_bundle(source, out)
+    assert list((tmp_path / "exports").iterdir()) == []
