@@ -2,8 +2,7 @@
 
 :class:`MaskWriter` collects the per-slice probabilities of an evaluator. Per slice they are
 resized back to the slice's shape (bilinear) and thresholded: lesion where sigmoid(logit) >
-``threshold``. When the last slice of an input arrives its outputs are written and its slices
-freed, so at most the inputs of one batch are in memory, never the whole run.
+``threshold``. An input's outputs are written, and its slices freed, when its last slice arrives.
 
 Outputs under ``output_dir``, each written to a temporary file beside it and renamed: per input
 the mask in its (FLAIR's) geometry and, for a DICOM FLAIR series, a DICOM Segmentation
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from pipeline.flags import truthy
 from pipeline.inference import report as report_html
 from pipeline.inference.dicom_seg import write_seg
 from pipeline.inference.input_record import InferenceInput
@@ -101,9 +101,9 @@ class MaskWriter:
         self.inputs = list(inputs)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
-        self.largest_component = bool(largest_component)
-        self.skip_existing = bool(skip_existing)
-        self.report = bool(report)
+        self.largest_component = truthy(largest_component)
+        self.skip_existing = truthy(skip_existing)
+        self.report = truthy(report)
         self.model_info = dict(model_info or {})
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
         check_outputs(self.inputs, self.output_dir)
