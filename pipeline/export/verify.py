@@ -35,7 +35,8 @@ import logging
 from pathlib import Path
 
 from pipeline.export.bundle_configs import allowed_code, code_strings
-from pipeline.export.layout import MODEL_FILES, REQUIRED_FILES, SCHEMA, SCRIPTS, sha256
+from pipeline.export.layout import MODEL_FILES, REQUIRED_FILES, SCHEMA, sha256
+from pipeline.export.scripts_check import check_scripts, code_note
 
 logger = logging.getLogger(__name__)
 
@@ -128,56 +129,6 @@ def check_hashes(bundle: Path) -> list[str]:
     return problems + check_scripts(bundle, meta)
 
 
-PYCACHE_FIX = (
-    "Python writes __pycache__ folders when the bundle runs: delete them (find {root} -name __pycache__ "
-    "-exec rm -r {{}} +) or verify the .zip"
-)
-
-
-def _script_entries(root: Path) -> tuple[set[str], list[str]]:
-    """Bundle paths of the regular files under ``root``; problems for links and special files."""
-    import os
-    import stat
-
-    files, problems = set(), []
-    for folder, subfolders, names in os.walk(root):
-        for name in [*subfolders, *names]:
-            path = Path(folder) / name
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                problems.append(f"{path}: a link under {SCRIPTS}/; export writes none; not loaded")
-            elif stat.S_ISREG(mode):
-                files.add(path.relative_to(root.parent).as_posix())
-            elif not stat.S_ISDIR(mode):
-                problems.append(f"{path}: not a regular file; not loaded")
-    return files, problems
-
-
-def check_scripts(bundle: Path, meta: dict) -> list[str]:
-    """Every file under scripts/ is listed in metadata.json's ``scripts_files`` with its sha256, and
-    every listed one is there, unchanged."""
-    meta_file = bundle / "configs" / "metadata.json"
-    recorded = meta.get("scripts_files")
-    if not isinstance(recorded, dict) or not recorded:
-        return [f"{meta_file}: no sha256 recorded for the files under {SCRIPTS}/ (scripts_files); not loaded"]
-    present, problems = _script_entries(bundle / SCRIPTS)
-    for name in sorted(recorded):
-        if not name.startswith(f"{SCRIPTS}/") or ".." in name.split("/") or "\\" in name:
-            problems.append(f"{meta_file}: scripts_files lists {name!r}, not a file under {SCRIPTS}/")
-        elif name not in present:
-            problems.append(f"{bundle / name}: listed in metadata.json but missing (removed after export)")
-        elif sha256(bundle / name) != (recorded[name] or {}).get("sha256"):
-            problems.append(
-                f"{bundle / name}: sha256 differs from metadata.json (file changed after export); not loaded"
-            )
-    for name in sorted(present - set(recorded)):
-        hint = f". {PYCACHE_FIX.format(root=bundle / SCRIPTS)}" if "/__pycache__/" in name else ""
-        problems.append(
-            f"{bundle / name}: not listed in metadata.json (file added after export); not loaded{hint}"
-        )
-    return problems
-
-
 def check_pickles(bundle: Path) -> list[str]:
     """model.pt and model.ts pickle only tensors (and TorchScript modules); model.pt loads weights-only."""
     import torch
@@ -259,15 +210,17 @@ def main(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                extract(path, Path(tmp) / "bundle", check=verify_bundle)
+                unpacked = extract(path, Path(tmp) / "bundle", check=verify_bundle)
             except (ValueError, OSError) as error:
                 logger.error("%s", error)
                 return 1
-        print(f"{path}: safe to unpack; metadata, network in/out, ONNX parity and sha256 hashes verified")
+            note = code_note(unpacked)
+        print(f"{path}: safe to unpack; metadata, network in/out, ONNX parity and sha256 verified; {note}")
         return 0
     problems = verify_bundle(args.bundle)
     for problem in problems:
         logger.error("%s", problem)
     if not problems:
-        print(f"{args.bundle}: metadata, network in/out, ONNX parity and sha256 hashes verified")
+        note = code_note(Path(args.bundle))
+        print(f"{args.bundle}: metadata, network in/out, ONNX parity and sha256 hashes verified; {note}")
     return 1 if problems else 0

@@ -111,7 +111,7 @@ def bundle(exported) -> Path:  # noqa: F811 (fixture imported from test_export)
     return exported[0]
 
 
-def test_genuine_bundle_imports_and_verifies(exported, tmp_path):  # noqa: F811
+def test_genuine_bundle_imports_and_verifies(exported, tmp_path, capsys):  # noqa: F811
     bundle, archive, _ = exported
     dest = tmp_path / "received"
     dest.mkdir()  # an empty folder may be the destination
@@ -122,7 +122,9 @@ def test_genuine_bundle_imports_and_verifies(exported, tmp_path):  # noqa: F811
     with pytest.raises(FileExistsError, match="not empty"):
         import_bundle(archive, dest)
     assert cli.main(["import-bundle", str(archive), "--to", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
     assert cli.main(["verify-bundle", str(archive)]) == 0
+    assert "scripts/ is this checkout's inference code" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -319,7 +321,17 @@ def test_the_code_export_writes_is_accepted(bundle):
     for name in ("configs/inference.json", "configs/train.json", "configs/evaluate.json"):
         written = {value for _, value in code_strings(json.loads((bundle / name).read_text()))}
         assert written and written <= allowed[name], sorted(written - allowed[name])
-    assert (
-        "$@scripts.pipeline.inference.workflow.find_inputs(@dataset_dir)" in allowed["configs/inference.json"]
-    )
+    finders = [v for v in allowed["configs/inference.json"] if "find_inputs(@dataset_dir" in v]
+    assert finders and all(v.startswith("$@scripts.pipeline.inference.workflow.") for v in finders)
     assert not [v for v in allowed["configs/inference.json"] if re.match(r"\$import (pipeline|scripts)", v)]
+
+
+def test_hashes_prove_integrity_not_authorship_and_verify_says_what_differs(bundle, tmp_path, capsys):
+    """A sender who changes a script and its sha256 in metadata.json passes the hash check:
+    verify-bundle runs none of it and names the files that are not this checkout's code."""
+    marker = tmp_path / "pwned"
+    changed = (bundle / SCRIPT).read_bytes() + f"open({str(marker)!r}, 'w')\n".encode()
+    zip_path = rezip(bundle, tmp_path / "in" / "b.zip", {SCRIPT: changed})
+    assert cli.main(["verify-bundle", str(zip_path)]) == 0
+    assert f"scripts/ differs from this checkout's code in {SCRIPT}" in capsys.readouterr().out
+    assert not marker.exists()
