@@ -1,13 +1,13 @@
 """Evaluation as the paper does it: slices restacked per patient, metrics per patient volume.
 
 ``bundle/configs/evaluate.json`` runs a MONAI SupervisedEvaluator whose inferer is
-``FlipTTAInferer`` (two output channels: the plain logits and the horizontal-flip test-time
-augmented logits) and whose handler ``EvaluationReport`` collects every slice. When the evaluator
-completes, the report evaluates each post-processing option (threshold, + largest component, flip
-test-time augmentation, both: :mod:`pipeline.evaluation.volume_evaluation`) with Dice, IoU, HD95
-and the false-positive and detection figures, and writes ``summary.json`` (per-case records naming
-the image files, then aggregates, sorted keys), ``per_slice.csv`` and pictures, and logs them to
-MLflow.
+:class:`pipeline.evaluation.tta.FlipTTAInferer` (two output channels: the plain logits and the
+horizontal-flip test-time augmented logits) and whose handler ``EvaluationReport`` collects
+every slice. When the evaluator completes, the report evaluates each post-processing option
+(threshold, + largest component, flip test-time augmentation, both:
+:mod:`pipeline.evaluation.volume_evaluation`) with Dice, IoU, HD95 and the false-positive and
+detection figures, and writes ``summary.json`` (per-case records naming the image files, then
+aggregates, sorted keys), ``per_slice.csv`` and pictures, and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -17,47 +17,18 @@ import io
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.inferers import Inferer
 
 from pipeline.atomic import write_json, write_text
 from pipeline.evaluation import detection, metrics
 from pipeline.evaluation.volume_evaluation import evaluate_volumes
 
 logger = logging.getLogger(__name__)
-
-
-class FlipTTAInferer(Inferer):
-    """Logits of the network and of horizontal-flip test-time augmentation, as two channels.
-
-    Channel 0 is ``network(x)``; channel 1 is the mean of ``network(x)`` and
-    ``flip(network(flip(x)))`` (flip over the last axis, the image columns). Only for networks
-    with one output channel.
-
-    Args:
-        tta: compute the flipped pass; with False channel 1 repeats channel 0. Default True.
-    """
-
-    def __init__(self, tta: bool = True) -> None:
-        super().__init__()
-        self.tta = tta
-
-    def __call__(
-        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs
-    ) -> torch.Tensor:
-        plain = network(inputs, *args, **kwargs)
-        if plain.shape[1] != 1:
-            raise ValueError(f"FlipTTAInferer expects a network with 1 output channel, got {plain.shape[1]}")
-        if not self.tta:
-            return torch.cat([plain, plain], dim=1)
-        flipped = torch.flip(network(torch.flip(inputs, dims=[-1]), *args, **kwargs), dims=[-1])
-        return torch.cat([plain, (plain + flipped) / 2], dim=1)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

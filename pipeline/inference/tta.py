@@ -1,7 +1,7 @@
 """Flip test-time augmentation for inference (inference.json ``tta``), the same as evaluate.json's.
 
 With ``tta`` true the network's logits are ``(network(x) + flip(network(flip(x)))) / 2`` (flip
-over the image columns), computed by :class:`pipeline.evaluation.report.FlipTTAInferer`, whose
+over the image columns), computed by :class:`pipeline.evaluation.tta.FlipTTAInferer`, whose
 second channel is what evaluate.json reports as its ``tta`` options: inference with ``--tta true``
 writes the masks whose per-volume Dice the evaluation's ``tta`` row measured. The average is of
 the logits, then the sigmoid; it costs a second forward pass per slice.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from monai.inferers import Inferer
 
-from pipeline.evaluation.report import FlipTTAInferer
+from pipeline.evaluation.tta import FlipTTAInferer
 from pipeline.flags import truthy
 
 

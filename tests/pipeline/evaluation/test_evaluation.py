@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.evaluation.report import FlipTTAInferer
+from pipeline.evaluation.tta import FlipTTAInferer
 from pipeline.evaluation.volume_evaluation import VARIANTS, evaluate_volumes
 
 
