@@ -1,6 +1,15 @@
-"""`python -m pipeline export`: a trained model as a MONAI bundle another team runs with MONAI alone.
+"""`python -m pipeline export`: a trained model as a MONAI bundle that runs this project's
+inference without this repository.
 
-What the bundle holds and why its inference.json needs no code of ours: :mod:`pipeline.export.layout`.
+The bundle (:mod:`pipeline.export.layout`) holds the weights (model.pt, and model.ts / model.onnx
+for other runtimes), the inference code of this repository vendored as ``scripts/``
+(:mod:`pipeline.export.vendor`), configs derived from bundle/configs/*.json with the names moved
+to ``scripts`` (:mod:`pipeline.export.bundle_configs`), and metadata.json with the packages that
+code imports, the sha256 of every model and script file and the post-processing defaults that
+scored best in the model's evaluation (:mod:`pipeline.export.metadata`,
+:mod:`pipeline.export.choice`). It is written to a staging folder beside ``--out`` and renamed
+when complete, then zipped (also staged).
+
 Where the model comes from (a weights file, an MLflow run, a registered version):
 :mod:`pipeline.export.sources`. The model registry (``--register``, ``--alias``):
 :mod:`pipeline.export.registry`.
