@@ -77,6 +77,23 @@ def _vendored_roots(found: set[str]) -> set[str]:
     return roots
 
 
+def _identity(out: Path, source: ModelSource) -> dict:
+    """The model's identity the outputs name (inference.json's ``model_info``), fixed at export:
+    what :func:`pipeline.inference.model_identity.model_identity` reads from a run folder, which a
+    bundle does not have."""
+    recorded = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    folder = source.checkpoint.parent.parent.name if source.checkpoint.parent.name == "models" else None
+    identity = {
+        "bundle_name": recorded.get("name"),
+        "bundle_version": recorded.get("version"),
+        "weights_sha256": sha256(out / "models" / "model.pt"),
+        "training_run_id": source.mlflow.get("run_id"),
+        "training_run": source.mlflow.get("run_name") or folder,
+        "validation_volume_dice": source.metrics.get("eval_threshold_dice_mean"),
+    }
+    return {key: value for key, value in identity.items() if value not in (None, "")}
+
+
 def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, settings: dict, size: int):
     """Every file of the bundle into the folder ``out`` (see :mod:`pipeline.export.layout`)."""
     from monai.bundle import ckpt_export
@@ -87,7 +104,7 @@ def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, sett
 
     chosen = best_option(source.metrics)
     options = {key: chosen[key] for key in ("tta", "largest_component")}
-    inference, found = inference_config(size, settings, options)
+    inference, found = inference_config(size, settings, {**options, "model_info": _identity(out, source)})
     chosen["not_applied"] = sorted(k for k in options if k not in inference)
     train = rewritten({k: v for k, v in source.config.items() if k != "_meta_"}, "import")
     rewritten(source.config.get("deterministic_transforms", []), "import", found)

@@ -19,11 +19,12 @@ of two styles:
   logged to MLflow, with the original names).
 
 The keys of inference.json that must differ in a bundle are set here: the checkpoint
-(``models/model.pt``), the metadata the outputs name the model from (``metadata_file``, where
-inference.json has the key) and the post-processing options chosen from the model's evaluation; the
-training config (``configs/train.json``), the network settings and the image size of the run
-where inference.json holds constants for them, not values it reads from the checkpoint's run
-(for an exported bundle, its configs/train.json).
+(``models/model.pt``); the model's identity the outputs name (``model_info``, a constant: what
+it is read from in a run folder, a bundle does not have); ``metadata_file`` where inference.json
+has the key; the post-processing options chosen from the model's evaluation; and the training
+config (``configs/train.json``), the network settings and the image size of the run where
+inference.json holds constants for them, not values it reads from the checkpoint's run (for an
+exported bundle, its configs/train.json).
 
 :func:`allowed_code` gives verification the code strings export writes.
 """
@@ -161,7 +162,8 @@ def inference_config(
     Args:
         image_size: the run's image size.
         network_def: the run's network settings (``_target_`` with the repository's name).
-        options: values of existing keys to set (the chosen ``tta``, ``largest_component``).
+        options: values of existing keys to set (the chosen ``tta``, ``largest_component``, and
+            ``model_info``, the model's identity, which a bundle knows at export).
     """
     found: set[str] = set()
     source = _read("inference.json")

@@ -213,7 +213,7 @@ def test_the_unzipped_bundle_segments_clinical_inputs_as_the_project_does(settin
     meta = json.loads((run["bundle"] / "configs" / "metadata.json").read_text())
     assert meta["postprocessing"]["option"] == "tta+lcc"  # summary.json: the best per-volume Dice
     options = {k: inference[k] for k in ("tta", "largest_component") if k in inference}
-    assert options["tta"] is True and options.get("largest_component", True) is True
+    assert options == {"tta": True, "largest_component": True}
     _ours(setting, options, ours)
 
     written = sorted(p.relative_to(ours).as_posix() for p in ours.rglob("*") if p.is_file())
@@ -228,6 +228,9 @@ def test_the_unzipped_bundle_segments_clinical_inputs_as_the_project_does(settin
     for name in volumes:  # neither empty nor full: the comparison means something
         share = float((expected[name] > 0).mean())
         assert 0.01 < share < 0.6, (name, share)
+    # the bundle's outputs name the bundle's model
+    report = (theirs / "report.html").read_text()
+    assert meta["name"] in report and inference["model_info"]["weights_sha256"] in report
     csv_ours = (ours / "lesion_volumes.csv").read_text()
     assert (theirs / "lesion_volumes.csv").read_text() == csv_ours
     rows = {row["input"]: row for row in csv.DictReader(io.StringIO(csv_ours))}

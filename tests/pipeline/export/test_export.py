@@ -9,6 +9,7 @@ Python that cannot import this repository: tests/bundle/test_exported_bundle.py.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.metadata
 import json
 import re
@@ -116,11 +117,9 @@ def test_post_processing_defaults_are_the_best_evaluated_option(exported):
     assert "over 3 patients" in chosen["reason"] and "tie" in chosen["reason"]
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     project = json.loads((ROOT / "bundle" / "configs" / "inference.json").read_text())
-    for key in ("tta", "largest_component"):
-        if key in project:
-            assert inference[key] is chosen[key], key
-        else:
-            assert key in chosen["not_applied"]
+    assert {"tta", "largest_component"} <= set(project)
+    assert (inference["tta"], inference["largest_component"]) == (False, True)
+    assert chosen["not_applied"] == []
     card = (bundle / "docs" / "README.md").read_text()
     assert "Post-processing defaults: `threshold+lcc`" in card
 
@@ -162,7 +161,7 @@ def test_exported_configs_are_the_projects_with_the_bundles_names(exported, run_
     for component in components:  # our components wait for the package; MONAI's need nothing
         assert (component.get("_requires_") == "@scripts") == component["_target_"].startswith("scripts.")
     # the project's inference.json, apart from the keys a bundle must set
-    set_by_export = {"ckpt_path", "tta", "largest_component", "metadata_file"}
+    set_by_export = {"ckpt_path", "tta", "largest_component", "metadata_file", "model_info"}
     # keys an inference.json holds constants for, not values it reads from the checkpoint's run
     set_by_export |= {k for k in ("training_config", "image_size") if not str(project[k]).startswith("$")}
     if any(v is not None for k, v in project["network_def"].items() if not k.startswith("_")):
@@ -172,6 +171,15 @@ def test_exported_configs_are_the_projects_with_the_bundles_names(exported, run_
     expected["imports"] = [i for i in project["imports"] if i not in repository_imports]
     got = {k: v for k, v in _undone(inference).items() if k not in set_by_export}
     assert got == expected
+    # the outputs name the exported model: fixed at export, as a run folder would give it
+    recorded = json.loads((ROOT / "bundle" / "configs" / "metadata.json").read_text())
+    assert inference["model_info"] == {
+        "bundle_name": recorded["name"],
+        "bundle_version": recorded["version"],
+        "weights_sha256": hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest(),
+        "training_run": run_dir.name,
+        "validation_volume_dice": 0.61,  # the evaluation's threshold option (summary.json)
+    }
     # train.json: the run's config, names moved
     run_config = json.loads((run_dir / "config.json").read_text())
     train = json.loads((bundle / "configs" / "train.json").read_text())
