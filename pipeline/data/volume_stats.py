@@ -43,6 +43,7 @@ from transforms.reader import read_tiff
 
 __all__ = [
     "HEAD_FRACTION",
+    "bundle_datalist",
     "METHOD",
     "PERCENTILES",
     "intensity_file",
@@ -122,6 +123,29 @@ def read_tiff_volume(paths: Sequence[str | os.PathLike]) -> np.ndarray:
 def tiff_bounds(paths: Sequence[str | os.PathLike]) -> list[list[float]]:
     """:func:`volume_bounds` of one patient's TIFF slices (training, and inference on TIFF folders)."""
     return volume_bounds(read_tiff_volume(paths))
+
+
+def bundle_datalist(dataset_dir: str | os.PathLike, intensity: str = "slice") -> list[dict]:
+    """Records ``{"image": file}`` of every slice under ``dataset_dir`` (``**/*.tif`` but the masks,
+    sorted), for a bundle that reads TIFF folders; with ``intensity`` "volume" each record also gets
+    ``"intensity"``, the :func:`tiff_bounds` of its folder (one folder is one patient).
+
+    Raises:
+        ValueError: ``intensity`` is not "slice" or "volume", or a slice is unreadable or not RGB.
+    """
+    from transforms.intensity import intensity_option
+
+    intensity = intensity_option(intensity)
+    files = sorted(str(p) for p in Path(dataset_dir).glob("**/*.tif") if not p.stem.endswith("_mask"))
+    records = [{"image": f} for f in files]
+    if intensity == "volume":
+        folders: dict[str, list[str]] = {}
+        for f in files:
+            folders.setdefault(str(Path(f).parent), []).append(f)
+        bounds = {folder: tiff_bounds(paths) for folder, paths in folders.items()}
+        for record in records:
+            record["intensity"] = [list(pair) for pair in bounds[str(Path(record["image"]).parent)]]
+    return records
 
 
 def intensity_file(split_file: str | os.PathLike) -> Path:

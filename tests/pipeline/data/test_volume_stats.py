@@ -168,3 +168,34 @@ def test_bad_option_is_refused_before_any_work(tiny_phantom, tmp_path, bad):
     with pytest.raises(ValueError, match="intensity must be 'slice' .* or 'volume'"):
         prepare_data(str(tiny_phantom), str(split), str(tmp_path / "unused"), intensity=bad)
     assert not split.exists()
+
+
+def test_bundle_datalist_gives_each_slice_its_folders_bounds(tmp_path):
+    rng = np.random.default_rng(4)
+    for patient, gain in (("TCGA_AA_0001_20000101", 1.0), ("TCGA_BB_0002_20000102", 0.5)):
+        folder = tmp_path / "data" / patient
+        folder.mkdir(parents=True)
+        for k in (1, 2, 10):
+            image = (rng.integers(40, 250, size=(16, 16, 3)) * gain).astype(np.uint8)
+            tifffile.imwrite(folder / f"{patient}_{k}.tif", image, photometric="rgb", metadata=None)
+            tifffile.imwrite(folder / f"{patient}_{k}_mask.tif", np.zeros((16, 16), np.uint8))
+    plain = volume_stats.bundle_datalist(tmp_path / "data")
+    assert [Path(r["image"]).name for r in plain] == [
+        "TCGA_AA_0001_20000101_1.tif",
+        "TCGA_AA_0001_20000101_10.tif",
+        "TCGA_AA_0001_20000101_2.tif",
+        "TCGA_BB_0002_20000102_1.tif",
+        "TCGA_BB_0002_20000102_10.tif",
+        "TCGA_BB_0002_20000102_2.tif",
+    ]
+    assert all(set(r) == {"image"} for r in plain)
+    records = volume_stats.bundle_datalist(tmp_path / "data", "volume")
+    for patient in ("TCGA_AA_0001_20000101", "TCGA_BB_0002_20000102"):
+        files = _patient_files(tmp_path / "data", patient)
+        mine = [r for r in records if Path(r["image"]).parent.name == patient]
+        volume = np.stack([np.moveaxis(tifffile.imread(f), -1, 0) for f in files])
+        assert all(r["intensity"] == mine[0]["intensity"] for r in mine)
+        np.testing.assert_allclose(mine[0]["intensity"], _by_hand(volume), rtol=0, atol=1e-9)
+    assert records[0]["intensity"] != records[-1]["intensity"]
+    with pytest.raises(ValueError, match="intensity must be"):
+        volume_stats.bundle_datalist(tmp_path / "data", "patient")
