@@ -147,7 +147,8 @@ def _consumer(setting: dict, out: Path) -> dict:
         data=str(setting["data"]),
         out=str(out),
     )
-    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    drop = ("PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")  # Python as a team runs it
+    environment = {k: v for k, v in os.environ.items() if k not in drop}
     environment.update(PYTHONPATH=sysconfig.get_paths()["purelib"], PYTHONNOUSERSITE="1")
     started = time.perf_counter()
     result = subprocess.run(
@@ -228,6 +229,10 @@ def test_the_unzipped_bundle_segments_clinical_inputs_as_the_project_does(settin
     for name in volumes:  # neither empty nor full: the comparison means something
         share = float((expected[name] > 0).mean())
         assert 0.01 < share < 0.6, (name, share)
+    # running it left the bundle as verified (no bytecode cache written into scripts/)
+    from pipeline.export.verify import verify_bundle
+
+    assert verify_bundle(run["bundle"]) == []
     # the bundle's outputs name the bundle's model
     report = (theirs / "report.html").read_text()
     assert meta["name"] in report and inference["model_info"]["weights_sha256"] in report

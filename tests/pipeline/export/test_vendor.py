@@ -175,3 +175,38 @@ def test_a_failing_package_leaves_nothing_imported(tmp_path):
     )
     result = _python(code, tmp_path)
     assert json.loads(result.stdout) == ["broken", []], result.stderr
+
+
+def test_the_bundle_runs_its_sources_not_a_planted_bytecode_cache_and_writes_none(tmp_path):
+    """A ``__pycache__`` .pyc whose header matches the source (same mtime and size) is what Python
+    would run instead of the source; the loader compiles the verified source and writes no cache."""
+    import importlib.util
+    import os
+    import py_compile
+
+    bundle = _package(tmp_path / "bundle" / "scripts", "bundle")
+    (bundle / "sub").mkdir()
+    (bundle / "sub" / "__init__.py").write_text("")
+    part = bundle / "sub" / "part.py"
+    part.write_text("X = 1\n")
+    fake = tmp_path / "fake.py"
+    fake.write_text("X = 2\n")  # same size
+    stat = part.stat()
+    os.utime(fake, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    planted = Path(importlib.util.cache_from_source(str(part)))
+    py_compile.compile(str(fake), cfile=str(planted), doraise=True)
+    before = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*"))
+    load = f"import runpy; runpy.run_path({str(bundle / 'loader.py')!r})['load'](); "
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+    def python(code: str) -> str:
+        command = [sys.executable, "-I", "-c", code]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert python(load + "import scripts.sub.part as p; print(p.X)") == "1"
+    assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*")) == before  # nothing written
+    # the control: Python's own loader runs the planted cache
+    plain = f"import sys; sys.path.insert(0, {str(bundle.parent)!r}); "
+    assert python(plain + "import scripts.sub.part as p; print(p.X)") == "2"
