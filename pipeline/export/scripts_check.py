@@ -3,8 +3,9 @@ compares with this checkout's code.
 
 :func:`check_scripts` (part of verification, before anything is loaded): each regular file under
 ``scripts/`` must be listed in ``scripts_files`` and match its sha256, each listed file must be
-there, and links or special files are refused; ``__pycache__`` files, which Python writes when the
-bundle runs, are refused too (a cached ``.pyc`` runs instead of its verified source), with the fix.
+there, and links or special files are refused; ``__pycache__`` files are refused too (Python runs
+a cached ``.pyc`` instead of its verified source; the bundle's loader neither reads nor writes
+them, a plain ``import scripts`` would), with the fix.
 
 :func:`code_note` (information printed by verify-bundle): whether ``scripts/`` is exactly this
 checkout's code vendored the same way, or which files differ (a bundle exported from another
@@ -20,8 +21,8 @@ from pathlib import Path
 from pipeline.export.layout import SCRIPTS, sha256
 
 PYCACHE_FIX = (
-    "Python writes __pycache__ folders when the bundle runs: delete them (find {root} -name __pycache__ "
-    "-exec rm -r {{}} +) or verify the .zip"
+    "Python writes __pycache__ folders when scripts/ is imported other than by scripts/loader.py: "
+    "delete them (find {root} -name __pycache__ -exec rm -r {{}} +) or verify the .zip"
 )
 
 
