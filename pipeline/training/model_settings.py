@@ -34,13 +34,17 @@ import copy
 import functools
 import json
 import logging
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import monai
 import torch
 
+import pipeline
 from pipeline.flags import truthy
 from pipeline.tracking.run_files import CONFIG
 from pipeline.training.weights import read_weights, unet_settings_of, weights_mismatch
@@ -49,7 +53,9 @@ logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "train.json"
 # the modules a run config's expressions may use; its "imports" are not run (one imports mlflow)
-GLOBALS = {"pipeline": "pipeline", "os": "os", "math": "math", "torch": "torch", "monai": "monai"}
+# modules, not names: a name would make MONAI import the top-level ``pipeline`` inside an exported
+# bundle (the repository's copy where one is installed); the vendored copy maps these imports
+GLOBALS = {"pipeline": pipeline, "os": os, "math": math, "torch": torch, "monai": monai}
 
 
 @dataclass(frozen=True)
