@@ -132,9 +132,12 @@ def test_every_layout_a_bad_input_and_a_resume_from_the_command_line(tmp_path):
     with open(out / "lesion_volumes.csv", newline="") as handle:
         rows = {row["input"]: row for row in csv.DictReader(handle)}
     assert sorted(rows) == ["TCGA_AA_0001_20000101", "dicom/P7", "nifti/BraTS20_Training_001"]
-    assert (
-        rows["dicom/P7"]["substituted"] == "t1c" and rows["nifti/BraTS20_Training_001"]["substituted"] == ""
-    )
+    brats_row = rows["nifti/BraTS20_Training_001"]
+    assert rows["dicom/P7"]["substituted"] == "t1c" and brats_row["substituted"] == ""
+    brats_files = brats_row["input_files"].split(";")
+    names = [f"BraTS20_Training_001_{s}.nii.gz" for s in ("t1", "flair", "t1ce")]
+    assert [Path(f).name for f in brats_files] == names
+    assert all(not Path(f).is_absolute() and (data / f).is_file() for f in brats_files)  # relative
 
     # masks in FLAIR's geometry: the BraTS patient's FLAIR grid, not its T1s' coarser one
     brats = nib.load(out / "nifti" / "BraTS20_Training_001_mask.nii.gz")
