@@ -70,10 +70,20 @@ class Folder:
 
 
 def scan_tree(root: Path) -> dict[Path, Folder]:
-    """Every folder under ``root`` (top-down), with its volume files, DICOM files and subfolders."""
+    """Every folder under ``root`` (top-down), with its volume files, DICOM files and subfolders.
+
+    Symbolic links to folders are followed (a dataset of linked patient folders is common), each
+    real folder once, so a link back up the tree cannot loop.
+    """
     folders: dict[Path, Folder] = {}
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "__MACOSX")))
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        subfolders[:] = sorted(
+            d
+            for d in subfolders
+            if not d.startswith((".", "__MACOSX")) and os.path.realpath(os.path.join(folder, d)) not in seen
+        )
         here = Path(folder)
         record = Folder(here, children=[here / d for d in subfolders])
         visible = [f for f in sorted(files) if not f.startswith(".")]

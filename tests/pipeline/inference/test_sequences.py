@@ -271,3 +271,32 @@ def test_series_subfolders_named_by_number_are_matched_by_description(tmp_path):
     slices = read_volume(inp)
     np.testing.assert_array_equal(slices[:, 0], flair)  # the missing T1 is FLAIR
     np.testing.assert_allclose(slices[:, 2], t1c, atol=1e-4)
+
+
+def test_linked_patient_folders_are_found_and_a_link_loop_ends(tmp_path):
+    """A dataset of symbolic links to patient folders (a common way to pick a subset), one of
+    them a sequence patient and one a kaggle TIFF patient; a link back up the tree is walked once."""
+    import tifffile
+
+    store, data = tmp_path / "store", tmp_path / "data"
+    patient = store / "BraTS20_Training_002"
+    for n, s in enumerate(["t1", "t1ce", "flair"]):
+        write_nifti(patient / f"BraTS20_Training_002_{s}.nii.gz", content(n))
+    tiff = store / "TCGA_AA_0001_20000101"
+    tiff.mkdir(parents=True)
+    for k in (1, 2):
+        tifffile.imwrite(tiff / f"{tiff.name}_{k}.tif", np.full((8, 8, 3), 40 * k, np.uint8))
+    data.mkdir()
+    (data / patient.name).symlink_to(patient, target_is_directory=True)
+    (data / tiff.name).symlink_to(tiff, target_is_directory=True)
+    (data / "loop").symlink_to(data, target_is_directory=True)
+
+    found = {inp.name: inp for inp in find_inputs(data)}
+
+    assert sorted(found) == [patient.name, tiff.name]
+    assert (found[patient.name].kind, found[patient.name].n_slices, found[patient.name].error) == (
+        "patient",
+        5,
+        "",
+    )
+    assert (found[tiff.name].kind, found[tiff.name].n_slices) == ("tiff", 2)
