@@ -206,6 +206,7 @@ def prepare_data_distributed(
     check: bool = True,
     phantom_hard: bool = False,
     sampling_floor: float = 0.1,
+    intensity: str = "slice",
 ) -> PreparedData:
     """``pipeline.data.prepare.prepare_data`` on every rank, rank 0 first.
 
@@ -231,6 +232,7 @@ def prepare_data_distributed(
         check=check,
         phantom_hard=phantom_hard,
         sampling_floor=sampling_floor,
+        intensity=intensity,
     )
     if not is_distributed() or world_size() == 1:
         return prepare_data(**kwargs)

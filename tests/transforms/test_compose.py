@@ -85,7 +85,7 @@ def test_train_chain_caches_everything_and_the_loader_augments():
     parser.read_config(str(CONFIGS / "train.json"))
     chain = parser.get_parsed_content("train#preprocessing")
     assert chain.get_index_of_first(lambda t: isinstance(t, Randomizable)) is None
-    assert len(chain.transforms) == len(parser["deterministic_transforms"])
+    assert len(chain.transforms) == len(parser.get_parsed_content("deterministic_transforms"))
     assert parser["train#dataloader"]["collate_fn"].replace("::", "#") == "@train#augmentation"
     collate = parser.get_parsed_content("train#augmentation")
     assert isinstance(collate, BatchAugmentation)
