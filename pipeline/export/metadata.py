@@ -67,6 +67,15 @@ def build_metadata(
     return meta
 
 
+INTENSITY_TEXT = {
+    "slice": "per-slice min-max scaling of all three channels together to [0, 1] (intensity 'slice')",
+    "volume": (
+        "per patient and channel, clipped to the 1st..99th percentile of the head voxels over all "
+        "the patient's slices and scaled to [0, 1] (intensity 'volume')"
+    ),
+}
+
+
 def model_card(meta: dict, settings: dict, config: dict) -> str:
     """docs/README.md: bundle/docs/README.md filled in, and what this bundle's code and defaults are."""
     metrics = meta["eval_metrics"] or {"(none recorded)": ""}
@@ -84,6 +93,7 @@ def model_card(meta: dict, settings: dict, config: dict) -> str:
         learning_rate=config.get("learning_rate", "?"),
         batch_size=config.get("batch_size", "?"),
         phantom=str(config.get("dataset_dir") == config.get("phantom_dir")),
+        intensity=INTENSITY_TEXT.get(str(config.get("intensity", "slice")), str(config.get("intensity"))),
         metrics_table=rows,
         monai_version=meta["monai_version"],
         pytorch_version=meta["pytorch_version"],

@@ -6,10 +6,10 @@ serve``); nothing is unpickled. The network is rebuilt from the model config (``
 folder, and its weights are a plain state_dict, loaded weights-only. Built and logged by
 :mod:`pipeline.tracking.logged_model`.
 
-Input: float32 ``(N, 3, H, W)`` slices prepared as in training (min-max scaled to [0, 1], resized
-to ``image_size``); H and W divisible by ``2**(depth-1)``. Output: ``probabilities`` float32
-``(N, 1, H, W)`` (sigmoid of the logits) and ``mask`` uint8 ``(N, 1, H, W)``, 1 where the
-probability is above ``threshold``.
+Input: float32 ``(N, 3, H, W)`` slices prepared as in training (scaled to [0, 1] per slice or,
+for ``intensity`` "volume", by the patient's per-channel bounds; resized to ``image_size``); H and
+W divisible by ``2**(depth-1)``. Output: ``probabilities`` float32 ``(N, 1, H, W)`` (sigmoid of
+the logits) and ``mask`` uint8 ``(N, 1, H, W)``, 1 where the probability is above ``threshold``.
 """
 
 from __future__ import annotations
