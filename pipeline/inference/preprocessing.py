@@ -1,11 +1,10 @@
 """The deterministic preprocessing, defined once: ``deterministic_transforms`` of train.json.
 
-Training and evaluation use that chain directly (evaluate.json overlays train.json). The others
-are built from it, so that a change there reaches all four:
-
-- inference (``inference.json``'s ``preprocessing`` and :func:`image_preprocessing`): the same
-  chain, on images without masks (the chain's transforms allow a missing ``label``);
-- the exported bundle (:func:`standalone_transforms`): the same chain rewritten for MONAI alone.
+Training and evaluation use that chain directly (evaluate.json overlays train.json). Inference
+(``inference.json``'s ``preprocessing`` and :func:`image_preprocessing`) builds it from the same
+config, on images without masks (the chain's transforms allow a missing ``label``); the exported
+bundle does the same with its own copy of this code (``scripts/``) and of the run's train.json.
+So a change there reaches all four.
 
 The chain is read from a training config: bundle/configs/train.json by default, or the merged
 ``config.json`` of a training run, so that a model is prepared as it was trained.
@@ -33,7 +32,6 @@ LABEL = "label"
 # top-level keys of train.json that the chain refers to (its _disabled_ flags)
 OPTIONS = ("intensity",)
 # this project's transforms the exported bundle may hold: it vendors their code
-VENDORED = ("transforms.ScaleIntensityByRecordd",)
 
 
 def _config(config: str | Path | Mapping | None) -> dict:
@@ -144,69 +142,3 @@ def bounds_key(transform: Any) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def _keys(transform: Mapping) -> list[str]:
-    keys = transform.get("keys", [])
-    return [keys] if isinstance(keys, str) else list(keys)
-
-
-def _for_keys(transform: dict, keep: list[str], extra: Mapping[str, Any] | None = None) -> dict:
-    """``transform`` restricted to the keys ``keep`` (per-key lists reduced alike), plus ``extra``
-    keys with their own per-key values (``{key: {argument: value}}``)."""
-    keys = _keys(transform)
-    out = {}
-    for name, value in transform.items():
-        if (
-            name == "keys"
-            or name == "spatial_size"
-            or not (isinstance(value, list) and len(value) == len(keys))
-        ):
-            out[name] = value
-        else:
-            out[name] = [value[keys.index(k)] for k in keep]
-    out["keys"] = list(keep)
-    for key, values in (extra or {}).items():
-        out["keys"].append(key)
-        for name, value in values.items():
-            before, n = out.get(name), len(out["keys"]) - 1
-            out[name] = [*(before if isinstance(before, list) and len(before) == n else [before] * n), value]
-    return out
-
-
-def standalone_transforms(config: str | Path | Mapping | None = None) -> list[dict]:
-    """The training chain as a config that needs MONAI and torch only (the exported bundle's).
-
-    From the training chain: transforms of the mask only are dropped and the mask key removed;
-    the TIFF reader becomes MONAI's ``PILReader`` with ``reverse_indexing=False`` (rows stay
-    rows, as in tifffile); a copy of the loaded image, ``geometry``, is taken and resized with
-    the image (bilinear), so that ``Invertd`` can map probabilities back to the slice's size.
-    Transforms the config disables (``_disabled_``) are left out. With intensity "volume" the
-    chain holds ``transforms.ScaleIntensityByRecordd`` (:data:`VENDORED`: the bundle ships its
-    code), and the bundle's records must carry the patient's ``"intensity"`` bounds.
-
-    Raises:
-        ValueError: the chain holds another transform of this project (``transforms.*``) on the
-            image, which a bundle without this repository cannot run.
-    """
-    out: list[dict] = []
-    for transform in active_transforms(config):
-        keys = [k for k in _keys(transform) if k != LABEL]
-        if not keys:
-            continue
-        target = str(transform.get("_target_", ""))
-        if target.startswith("transforms.") and target not in VENDORED:
-            raise ValueError(
-                f"{target} in {CHAIN} is this project's own transform; the exported bundle runs on "
-                "MONAI alone: use MONAI transforms on the image in train.json's chain"
-            )
-        transform = _for_keys(transform, keys)
-        transform.pop("allow_missing_keys", None)
-        if target == "LoadImaged":
-            transform.update(reader="PILReader", reverse_indexing=False)
-        if target == "Resized":
-            transform = _for_keys(transform, keys, {"geometry": {"mode": "bilinear"}})
-        out.append(transform)
-        if target == "EnsureChannelFirstd":
-            out.append({"_target_": "CopyItemsd", "keys": "image", "names": "geometry"})
-    return out

@@ -11,11 +11,9 @@ import torch
 from monai.bundle import ConfigParser
 
 from pipeline.inference.preprocessing import (
-    active_transforms,
     bounds_key,
     image_preprocessing,
     intensity_of,
-    standalone_transforms,
 )
 from tests.support import CONFIGS
 from transforms import ComposeWithoutMeta, ScaleIntensityByRecordd
@@ -172,8 +170,6 @@ def test_bad_option_names_the_key_and_the_values(bad):
     ):
         with pytest.raises(ValueError, match="intensity must be 'slice' .* or 'volume'"):
             build()
-    with pytest.raises(ValueError, match="intensity must be"):
-        standalone_transforms(_train_config(intensity=bad))
 
 
 def test_inference_chains_follow_the_option(pair):
@@ -193,45 +189,6 @@ def test_inference_chains_follow_the_option(pair):
             torch.testing.assert_close(result, training, rtol=0, atol=1e-6)
     assert intensity_of({"deterministic_transforms": TUTORIAL_CHAIN}) == "slice"  # configs before the option
     assert bounds_key(ScaleIntensityByRecordd("image", bounds_key="w")) == "w"
-
-
-def test_exported_chain_follows_the_option():
-    before = [
-        {
-            "_target_": "LoadImaged",
-            "keys": ["image"],
-            "reader": "PILReader",
-            "image_only": True,
-            "dtype": None,
-            "reverse_indexing": False,
-        },
-        {"_target_": "EnsureChannelFirstd", "keys": ["image"]},
-        {"_target_": "CopyItemsd", "keys": "image", "names": "geometry"},
-        {"_target_": "ScaleIntensityd", "keys": ["image"], "minv": 0.0, "maxv": 1.0},
-        {
-            "_target_": "Resized",
-            "keys": ["image", "geometry"],
-            "spatial_size": ["@image_size", "@image_size"],
-            "mode": ["area", "bilinear"],
-        },
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-    ]
-    assert standalone_transforms() == before  # slice: what the export wrote before the option
-    volume = standalone_transforms(_train_config(intensity="volume"))
-    assert [t["_target_"] for t in volume] == [
-        "LoadImaged",
-        "EnsureChannelFirstd",
-        "CopyItemsd",
-        "Resized",
-        "transforms.ScaleIntensityByRecordd",
-        "EnsureTyped",
-    ]
-    assert volume[4] == {
-        "_target_": "transforms.ScaleIntensityByRecordd",
-        "keys": ["image"],
-        "bounds_key": "intensity",
-    }
-    assert all("_disabled_" not in t and "_desc_" not in t for t in active_transforms())
 
 
 def test_train_json_reads_the_option_in_one_place():
