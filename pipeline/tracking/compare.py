@@ -3,10 +3,13 @@
 Runs are read through ``mlflow.MlflowClient``, so the local SQLite store and a team's tracking
 server work alike. The table has one row per run: name, start date, the parameters that differ
 between the runs (those shared by all are left out), best and final value of the chosen metric
-(per-volume Dice by default), best and final per-volume Dice, final slice Dice, epochs and wall
-time. Rows are sorted by the best value of the chosen metric, best first (lowest first for a loss);
-runs that never logged it come last. The learning curves of all runs are overlaid in one PNG
-(:func:`pipeline.tracking.curves.learning_curves`).
+(per-volume Dice by default), best and final per-volume Dice and final slice Dice (each column
+once), epochs (logged / planned: the ``epochs`` parameter is shown there, not as a column of its
+own), wall time and run id. Rows are sorted by the best value of the chosen metric, best first
+(lowest first for a loss); runs that never logged it come last; a metric no run logged is refused,
+naming those logged. The learning curves of all runs are overlaid in one PNG
+(:func:`pipeline.tracking.curves.learning_curves`). The comparison runs that ``--paired`` logs
+(:mod:`pipeline.tracking.paired_run`) are left out of an experiment's listing.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "lgg-segmentation"
 DEFAULT_METRIC = "val_volume_dice"
+DEFAULT_OUT = "outputs/compare_runs.png"
 CURVES = ("train_loss", "val_dice", "val_volume_dice")
 VALUE_WIDTH = 24
 # where a run wrote its split differs with every output folder; dataset_fingerprint and the
 # patient counts say whether the data and the split were the same
-IGNORED_PARAMS = frozenset({"split_file"})
+# epochs (and MONAI's max_epochs) are shown in the epochs column as logged / planned
+IGNORED_PARAMS = frozenset({"split_file", "epochs", "max_epochs"})
 
 
 @dataclass
@@ -47,6 +52,13 @@ class RunSummary:
     metrics: dict[str, float | None] = field(default_factory=dict)
     epochs: int | None = None
     wall_seconds: float | None = None
+
+    @property
+    def epochs_text(self) -> str:
+        """Epochs logged, and planned when the run has the ``epochs`` parameter: ``3/20``."""
+        planned = self.params.get("epochs") or self.params.get("max_epochs")
+        done = "-" if self.epochs is None else str(self.epochs)
+        return f"{done}/{planned}" if planned else done
 
 
 def lower_is_better(metric: str) -> bool:
@@ -117,8 +129,12 @@ def find_runs(
         raise LookupError(
             f"no MLflow experiment {experiment!r} at {client.tracking_uri}; experiments: {names}"
         )
+    # the runs `compare --paired` logs hold no training; they carry the tag, training runs none
     runs = client.search_runs(
-        [found.experiment_id], max_results=max_runs, order_by=["attributes.start_time DESC"]
+        [found.experiment_id],
+        filter_string="tags.`pipeline.kind` IS NULL",
+        max_results=max_runs,
+        order_by=["attributes.start_time DESC"],
     )
     if not runs:
         raise LookupError(f"experiment {experiment!r} at {client.tracking_uri} holds no runs")
@@ -136,24 +152,31 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
+def check_metric(runs: Sequence[Any], metric: str) -> None:
+    """Raise LookupError unless at least one of the MLflow ``runs`` logged ``metric``."""
+    logged = {key for run in runs for key in run.data.metrics}
+    if metric not in logged:
+        logged = sorted(key for key in logged if not key.startswith("system/"))
+        raise LookupError(
+            f"no run logged the metric {metric!r} (--metric); the runs logged: {', '.join(logged) or 'none'}"
+        )
+
+
 def format_table(runs: Sequence[RunSummary], metric: str = DEFAULT_METRIC) -> str:
-    """A plain-text table, one line per run in the given order."""
+    """A plain-text table, one line per run in the given order; every column name once."""
     params = differing_params(runs)
-    header = ["run", "started", *params, f"best {metric}", f"final {metric}"]
-    if metric != "val_volume_dice":
-        header += ["best val_volume_dice", "final val_volume_dice"]
-    header += ["final val_dice", "epochs", "wall time", "run id"]
-    rows = []
-    for run in runs:
-        row = [run.name, run.started, *(str(run.params.get(p, "-"))[:VALUE_WIDTH] for p in params)]
-        row += [_number(run.best), _number(run.final)]
-        if metric != "val_volume_dice":
-            row += [
-                _number(run.metrics["best_val_volume_dice"]),
-                _number(run.metrics["final_val_volume_dice"]),
-            ]
-        row += [_number(run.metrics["final_val_dice"]), str(run.epochs or "-"), _duration(run.wall_seconds)]
-        rows.append(row + [run.run_id])
+    columns: dict[str, Any] = {"run": lambda r: r.name, "started": lambda r: r.started}
+    for name in params:
+        columns.setdefault(name, lambda r, name=name: str(r.params.get(name, "-"))[:VALUE_WIDTH])
+    columns.setdefault(f"best {metric}", lambda r: _number(r.best))
+    columns.setdefault(f"final {metric}", lambda r: _number(r.final))
+    for key in ("best_val_volume_dice", "final_val_volume_dice", "final_val_dice"):
+        columns.setdefault(key.replace("_", " ", 1), lambda r, key=key: _number(r.metrics[key]))
+    columns.setdefault("epochs", lambda r: r.epochs_text)
+    columns.setdefault("wall time", lambda r: _duration(r.wall_seconds))
+    columns.setdefault("run id", lambda r: r.run_id)
+    header = list(columns)
+    rows = [[cell(run) for cell in columns.values()] for run in runs]
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]
@@ -177,6 +200,7 @@ def compare_runs(
 
     client = mlflow.MlflowClient(tracking_uri=default_tracking_uri(tracking_uri))
     runs = find_runs(client, experiment, run_ids, max_runs)
+    check_metric(runs, metric)
     summaries = sort_runs([summarize_run(client, run, metric) for run in runs], metric)
     png = None
     if out_png is not None:
@@ -187,35 +211,65 @@ def compare_runs(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.tracking import paired
+
     parser.add_argument(
         "--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default %(default)s)"
     )
     parser.add_argument("--runs", nargs="+", default=(), metavar="ID", help="compare these run ids only")
     parser.add_argument(
-        "--metric", default=DEFAULT_METRIC, help="sort by the best value of it (default %(default)s)"
+        "--metric",
+        help=f"table: sort by the best value of this MLflow metric (default {DEFAULT_METRIC}); --paired: "
+        f"the per-patient metric of summary.json (default {paired.DEFAULT_METRIC})",
     )
     parser.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db)",
     )
     parser.add_argument(
-        "--out", default="outputs/compare_runs.png", help="learning curves PNG (default %(default)s)"
+        "--out",
+        help=f"the PNG: learning curves (default {DEFAULT_OUT}), or with --paired the paired plot, "
+        f"its JSON beside it (default outputs/compare_paired.png)",
     )
     parser.add_argument(
         "--max-runs", type=int, default=50, help="latest runs of the experiment (default %(default)s)"
     )
+    group = parser.add_argument_group("paired comparison of two evaluated runs (--runs A B --paired)")
+    group.add_argument("--paired", action="store_true", help="compare the per-patient evaluation of two runs")
+    group.add_argument(
+        "--option",
+        default=paired.DEFAULT_OPTION,
+        help="post-processing option of the evaluation: threshold, threshold+lcc, threshold+mcs, tta, "
+        "tta+lcc, tta+mcs (default %(default)s)",
+    )
+    group.add_argument(
+        "--resamples", type=int, default=paired.N_RESAMPLES, help="bootstrap resamples (default %(default)s)"
+    )
+    group.add_argument("--seed", type=int, default=paired.SEED, help="bootstrap seed (default %(default)s)")
+    group.add_argument(
+        "--tie-tolerance",
+        type=float,
+        default=paired.TIE_TOLERANCE,
+        help="|B - A| at most this is a tie (default %(default)s)",
+    )
+    group.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow as a run")
 
 
 def main(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
+    if args.paired:
+        from pipeline.tracking import paired_run
+
+        return paired_run.main(args)
+    metric = args.metric or DEFAULT_METRIC
     try:
         summaries, png = compare_runs(
-            args.tracking_uri, args.experiment, args.runs, args.metric, args.out, args.max_runs
+            args.tracking_uri, args.experiment, args.runs, metric, args.out or DEFAULT_OUT, args.max_runs
         )
     except (LookupError, MlflowException) as error:
         logger.error("%s", str(error).splitlines()[0])
         return 1
-    print(format_table(summaries, args.metric))
+    print(format_table(summaries, metric))
     print(f"\nlearning curves: {png}")
     return 0

@@ -2,6 +2,8 @@
 
 The figure is drawn on its own ``matplotlib.figure.Figure`` (never pyplot's global state) and
 written atomically; a figure of ``figsize`` inches saved at ``dpi`` is ``figsize * dpi`` pixels.
+The x axis is what the MLflow step of the metric counts (:func:`x_label`): the epoch for the
+per-epoch metrics (``train_loss``, ``val_*``), the iteration for ``train_loss_iter`` and ``lr``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ DEFAULT_METRICS = ("train_loss", "val_dice", "val_volume_dice")
 History = dict[str, dict[str, list[tuple[int, float]]]]
 
 
+def x_label(metric: str) -> str:
+    """What the MLflow step of ``metric`` counts, as training logs it: "iteration" for
+    ``train_loss_iter``, ``lr`` and ``lr_group_<n>`` (any ``*_iter``), "epoch" otherwise."""
+    per_iteration = metric.endswith("_iter") or metric == "lr" or metric.startswith("lr_group_")
+    return "iteration" if per_iteration else "epoch"
+
+
 def learning_curves(
     histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
     out_path: str | Path,
     metrics: Sequence[str] = DEFAULT_METRICS,
     dpi: int = 100,
 ) -> Path:
-    """One subplot per metric, one line per run, value against step (epoch).
+    """:func:`learning_curves_figure` written as a PNG: one subplot per metric, one line per run.
 
     Args:
         histories: run label -> metric name -> list of (step, value), e.g. from ``mlflow_histories``.
@@ -44,6 +53,15 @@ def learning_curves(
     Raises:
         ValueError: no runs or no metrics.
     """
+    fig = learning_curves_figure(histories, metrics)
+    return write_atomically(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+def learning_curves_figure(
+    histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> Figure:
+    """The figure of :func:`learning_curves`: value against epoch (or iteration, :func:`x_label`)."""
     if len(histories) == 0:
         raise ValueError("histories is empty: give at least one run")
     if len(metrics) == 0:
@@ -51,7 +69,7 @@ def learning_curves(
     fig = Figure(figsize=(4.5 * len(metrics), 3.5), layout="constrained")
     for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics):
         ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel(x_label(metric))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for label, run in histories.items():
             points = sorted(run.get(metric) or [])
@@ -62,7 +80,7 @@ def learning_curves(
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-    return write_atomically(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    return fig
 
 
 def mlflow_histories(

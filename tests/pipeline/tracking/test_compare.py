@@ -11,10 +11,22 @@ import pytest
 from pipeline import cli
 from pipeline.tracking.compare import compare_runs, differing_params, format_table
 
-HISTORIES = {
-    "lr-high": ({"learning_rate": "0.1", "batch_size": "4"}, [0.2, 0.5, 0.4], [0.9, 0.6, 0.5]),
-    "lr-low": ({"learning_rate": "0.01", "batch_size": "4"}, [0.3, 0.35, 0.6], [0.8, 0.7, 0.65]),
-    "crashed": ({"learning_rate": "0.5", "batch_size": "4"}, [], [1.2]),
+HISTORIES = {  # params as training logs them (epochs and MONAI's max_epochs), val_volume_dice, train_loss
+    "lr-high": (
+        {"learning_rate": "0.1", "batch_size": "4", "epochs": "3", "max_epochs": "3"},
+        [0.2, 0.5, 0.4],
+        [0.9, 0.6, 0.5],
+    ),
+    "lr-low": (
+        {"learning_rate": "0.01", "batch_size": "4", "epochs": "3", "max_epochs": "3"},
+        [0.3, 0.35, 0.6],
+        [0.8, 0.7, 0.65],
+    ),
+    "crashed": (
+        {"learning_rate": "0.5", "batch_size": "4", "epochs": "20", "max_epochs": "20"},
+        [],
+        [1.2],
+    ),
 }
 
 
@@ -51,11 +63,36 @@ def test_runs_sorted_by_best_metric_with_differing_params_only(store, tmp_path):
     assert crashed.best is None and crashed.status == "FAILED"
     assert low.metrics["final_val_dice"] == pytest.approx(0.3) and low.epochs == 3
     assert low.wall_seconds is not None and low.wall_seconds >= 0
-    assert differing_params(summaries) == ["learning_rate"]
+    assert differing_params(summaries) == ["learning_rate"]  # epochs differ too: the epochs column says
     table = format_table(summaries).splitlines()
     assert "learning_rate" in table[0] and "batch_size" not in table[0]
     assert table[2].startswith("lr-low") and "0.6000" in table[2] and ids["lr-low"] in table[2]
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def columns(line: str) -> list[str]:
+    return [cell for cell in line.split("  ") if cell.strip()]
+
+
+def test_every_column_once_and_epochs_logged_of_planned(store):
+    uri, ids = store
+    for metric in ("val_volume_dice", "val_dice", "train_loss"):
+        summaries, _ = compare_runs(uri, metric=metric)
+        header = [c.strip() for c in columns(format_table(summaries, metric).splitlines()[0])]
+        assert len(header) == len(set(header)), header
+        assert header.count("epochs") == 1 and "max_epochs" not in header
+        assert {f"best {metric}", f"final {metric}", "final val_dice", "best val_volume_dice"} <= set(header)
+    rows = {line.split()[0]: line for line in format_table(summaries).splitlines()[2:]}
+    assert " 3/3 " in rows["lr-low"] and " 1/20 " in rows["crashed"]  # crashed after 1 of 20 epochs
+
+
+def test_a_metric_no_run_logged_is_refused_naming_those_logged(store, tmp_path, caplog):
+    uri, _ = store
+    with pytest.raises(LookupError, match=r"no run logged the metric 'nonsense'.*train_loss, val_dice"):
+        compare_runs(uri, metric="nonsense")
+    out = tmp_path / "c.png"
+    assert cli.main(["compare", "--tracking-uri", uri, "--metric", "nonsense", "--out", str(out)]) == 1
+    assert "'nonsense'" in caplog.text and "val_volume_dice" in caplog.text and not out.exists()
 
 
 def test_a_loss_is_sorted_lowest_first_and_run_ids_restrict(store):
