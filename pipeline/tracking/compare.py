@@ -153,13 +153,23 @@ def _duration(seconds: float | None) -> str:
 
 
 def check_metric(runs: Sequence[Any], metric: str) -> None:
-    """Raise LookupError unless at least one of the MLflow ``runs`` logged ``metric``."""
+    """Raise LookupError unless at least one of the MLflow ``runs`` logged ``metric``; the message
+    names the metrics logged (the evaluation's ``eval_*`` ones counted, system metrics left out)."""
+    import difflib
+
     logged = {key for run in runs for key in run.data.metrics}
-    if metric not in logged:
-        logged = sorted(key for key in logged if not key.startswith("system/"))
-        raise LookupError(
-            f"no run logged the metric {metric!r} (--metric); the runs logged: {', '.join(logged) or 'none'}"
-        )
+    if metric in logged:
+        return
+    names = sorted(k for k in logged if not k.startswith(("system/", "eval_")))
+    evaluation = sorted(k for k in logged if k.startswith("eval_"))
+    if evaluation:
+        pattern = "eval_<option>_<figure>_<statistic>"
+        names.append(f"and {len(evaluation)} {pattern} metrics ({evaluation[0]}, ...)")
+    close = difflib.get_close_matches(metric, sorted(logged), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise LookupError(
+        f"no run logged the metric {metric!r} (--metric); the runs logged: {', '.join(names) or 'none'}{hint}"
+    )
 
 
 def format_table(runs: Sequence[RunSummary], metric: str = DEFAULT_METRIC) -> str:

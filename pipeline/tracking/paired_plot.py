@@ -80,6 +80,13 @@ def paired_figure(comparison: Mapping[str, Any], names: tuple[str, str] = ("A", 
         free_ax.set_yscale("symlog", linthresh=1)
         free_ax.set_title(f"{len(apart)} lesion-free patients, not paired", fontsize=10)
         free_ax.set_ylabel("false-positive voxels (filled: detected)")
+    boot, p = comparison["bootstrap"], comparison["wilcoxon"]["p_value"]
+    fig.suptitle(
+        f"B - A: mean {comparison['mean_difference']:+.4f}, "
+        f"95% CI [{boot['low']:+.4f}, {boot['high']:+.4f}], "
+        f"Wilcoxon p {'n/a' if p is None else format(p, '.3g')}",
+        fontsize=10,
+    )
     for axis in axes:
         axis.set_xticks([0, 1], list(names))
         axis.set_xlim(-0.25, 1.25)

@@ -93,6 +93,8 @@ def test_a_metric_no_run_logged_is_refused_naming_those_logged(store, tmp_path, 
     out = tmp_path / "c.png"
     assert cli.main(["compare", "--tracking-uri", uri, "--metric", "nonsense", "--out", str(out)]) == 1
     assert "'nonsense'" in caplog.text and "val_volume_dice" in caplog.text and not out.exists()
+    with pytest.raises(LookupError, match=r"did you mean val_volume_dice"):
+        compare_runs(uri, metric="val_volum_dice")
 
 
 def test_a_loss_is_sorted_lowest_first_and_run_ids_restrict(store):

@@ -220,6 +220,7 @@ def test_the_paired_plot_draws_one_line_per_patient_and_the_lesion_free_apart(su
     free = {line.get_gid(): list(line.get_ydata()) for line in free_ax.lines if line.get_gid()}
     assert free == {"P09": [0, 12], "P10": [3, 0]}
     assert [t.get_text() for t in paired_ax.get_xticklabels()] == ["A: one", "B: two"]
+    assert fig.get_suptitle().startswith(f"B - A: mean {result['mean_difference']:+.4f}, 95% CI [")
     # with a metric defined on lesion-free patients they are paired, dashed, and no panel is apart
     fig = paired_figure(paired_comparison(*summaries, metric="fp_aware_dice"))
     assert len(fig.axes) == 1
