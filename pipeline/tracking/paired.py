@@ -18,9 +18,10 @@ The rules, all written into the result:
   resampled means (percentile method, numpy's linear interpolation).
 - Wilcoxon signed-rank p-value: ``scipy.stats.wilcoxon`` of the differences (rounded to 12 decimals
   so float noise makes no false ranks), two-sided, ``zero_method="wilcox"``: patients with a
-  difference of exactly 0 are dropped. ``method="auto"``: exact below 51 non-zero differences
-  without ties, else exhaustive permutations up to 13, the normal approximation above. No non-zero
-  difference: p is null. Below 6 non-zero differences the smallest two-sided p the test can give is
+  difference of exactly 0 are dropped. scipy's ``method="auto"``: the exact distribution for up
+  to 50 differences without ties or zeros; with ties or zeros exhaustive permutations up to 13,
+  the normal approximation above. No non-zero difference: p is null (scipy has no answer).
+  Below 6 non-zero differences the smallest two-sided p the test can give is
   ``2 / 2**n`` (0.0625 for 5), so it cannot reach 0.05; a note says so.
 - Outcomes per patient: "B better", "A better" or "tie" when ``|B - A| <= tie_tolerance``
   (default 0.001, in the metric's units).

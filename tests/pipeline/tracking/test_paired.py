@@ -328,3 +328,21 @@ def test_paired_cli_refuses_without_an_evaluation_or_the_same_patients(tmp_path,
     assert "'val_volume_dice' is no per-patient metric" in caplog.text and "fp_aware_dice" in caplog.text
     assert cli.main([*args, c, d, "--option", "crf"]) == 1 and "tta+lcc" in caplog.text
     assert not (tmp_path / "p.png").exists()
+
+
+def test_paired_cli_option_and_no_log(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a, b = evaluated_runs(uri, tmp_path)
+    out = tmp_path / "tta.png"
+    args = ["compare", "--paired", "--runs", a, b, "--tracking-uri", uri, "--out", str(out)]
+    assert cli.main([*args, "--option", "tta", "--no-log", "--tie-tolerance", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "dice of option tta" in text and "p n/a" in text and "ties 8 (|B - A| <= 0)" in text
+    assert "logged to MLflow" not in text and out.is_file()
+    assert json.loads(out.with_suffix(".json").read_text())["option"] == "tta"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name("lgg-segmentation").experiment_id
+    assert client.search_runs([experiment_id], "tags.`pipeline.kind` = 'comparison'") == []
