@@ -20,7 +20,7 @@ The rules, all written into the result:
   so float noise makes no false ranks), two-sided, ``zero_method="wilcox"``: patients with a
   difference of exactly 0 are dropped. scipy's ``method="auto"``: the exact distribution for up
   to 50 differences without ties or zeros; with ties or zeros exhaustive permutations up to 13,
-  the normal approximation above. No non-zero difference: p is null (scipy has no answer).
+  the normal approximation above. No non-zero difference: p is null (nothing to test).
   Below 6 non-zero differences the smallest two-sided p the test can give is
   ``2 / 2**n`` (0.0625 for 5), so it cannot reach 0.05; a note says so.
 - Outcomes per patient: "B better", "A better" or "tie" when ``|B - A| <= tie_tolerance``
