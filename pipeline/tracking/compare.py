@@ -129,16 +129,23 @@ def find_runs(
         raise LookupError(
             f"no MLflow experiment {experiment!r} at {client.tracking_uri}; experiments: {names}"
         )
-    # the runs `compare --paired` logs hold no training; they carry the tag, training runs none
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string="tags.`pipeline.kind` IS NULL",
-        max_results=max_runs,
-        order_by=["attributes.start_time DESC"],
-    )
+    runs: list[Any] = []
+    token = None
+    while len(runs) < max_runs:  # the runs `compare --paired` logs hold no training: left out
+        page = client.search_runs(
+            [found.experiment_id],
+            max_results=max_runs,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs += [run for run in page if run.data.tags.get("pipeline.kind") != "comparison"]
+        token = page.token
+        if not token:
+            break
+    runs = runs[:max_runs]
     if not runs:
         raise LookupError(f"experiment {experiment!r} at {client.tracking_uri} holds no runs")
-    return list(runs)
+    return runs
 
 
 def _number(value: float | None) -> str:
