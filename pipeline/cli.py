@@ -14,13 +14,18 @@ import logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipeline.data.phantom", "write a phantom dataset in the kaggle_3m layout"),
     "check-data": ("pipeline.data.checks", "validate a dataset folder in the kaggle_3m layout"),
-    "compare": ("pipeline.tracking.compare", "compare MLflow runs: table and overlaid learning curves"),
+    "compare": (
+        "pipeline.tracking.compare",
+        "compare MLflow runs: table and overlaid learning curves, or two evaluated runs patient by "
+        "patient (--paired)",
+    ),
     "export": ("pipeline.export.build", "export a trained model as a MONAI bundle folder and .zip"),
     "verify-bundle": (
         "pipeline.export.verify",
         "verify an exported bundle offline (schema, network, hashes)",
     ),
     "import-bundle": ("pipeline.export.safe_import", "unpack a received bundle .zip safely and verify it"),
+    "crossval": ("pipeline.evaluation.crossval", "patient-level k-fold cross-validation, pooled out of fold"),
 }
 
 
