@@ -20,6 +20,7 @@ from typing import Any
 from ignite.engine import Engine
 
 from pipeline.data.folds import check_folds_setting
+from pipeline.tracking.guard import creation_lock
 from pipeline.tracking.training_run import MLflowTracking
 
 logger = logging.getLogger(__name__)
@@ -79,14 +80,17 @@ def find_parent(client: Any, experiment_id: str, name: str) -> Any:
 def find_or_create_parent(client: Any, experiment_id: str, crossval: Mapping[str, Any]) -> str:
     """The parent run id of the cross-validation ``crossval["name"]``, created when missing.
 
-    Two folds starting at once may both create one: each then looks again, keeps the oldest and
-    deletes its own if it is not that one, so the folds always agree on their parent.
+    Folds starting at once on one machine with a SQLite store take turns (the file lock MLflow
+    clients are built under). Elsewhere (folds on several machines, one tracking server) two may
+    each create one: each then looks again, keeps the oldest and deletes its own if it is not that
+    one, so the folds agree on their parent (but for creations within the same millisecond window).
     """
     name = str(crossval["name"])
-    found = find_parent(client, experiment_id, name)
-    if found is not None:
-        return found.info.run_id
-    created = client.create_run(experiment_id, run_name=name, tags=parent_tags(crossval))
+    with creation_lock(getattr(client, "tracking_uri", None)):
+        found = find_parent(client, experiment_id, name)
+        if found is not None:
+            return found.info.run_id
+        created = client.create_run(experiment_id, run_name=name, tags=parent_tags(crossval))
     oldest = find_parent(client, experiment_id, name)
     if oldest is not None and oldest.info.run_id != created.info.run_id:
         client.delete_run(created.info.run_id)

@@ -249,3 +249,38 @@ def test_interrupted_or_changed_folds_are_refused_before_any_work(tmp_path):
     (plan.run_dir(0) / "config.json").write_text(json.dumps(recorded))
     with pytest.raises(ValueError, match=r"trained with other settings than this command \(epochs: 3 -> 2\)"):
         check_folds(plan, [1], resume=True)
+
+
+def test_folds_starting_together_agree_on_one_parent_run(mlflow_client):
+    """Four folds look for the parent at once, each with its own client of one SQLite store."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from pipeline.training.crossval_fold import find_or_create_parent, parent_tags
+
+    uri = mlflow_client.tracking_uri
+    experiment = mlflow_client.create_experiment("crossval-race")
+    crossval = {"name": "cv4-race", "folds": 4, "fold_file": "f.json"}
+    barrier, found, errors = threading.Barrier(4), [], []
+
+    def fold() -> None:
+        client = MlflowClient(tracking_uri=uri)
+        barrier.wait()
+        try:
+            found.append(find_or_create_parent(client, experiment, crossval))
+        except Exception as error:  # reported below, with the others' results
+            errors.append(error)
+
+    threads = [threading.Thread(target=fold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(found) == 4 and len(set(found)) == 1, (errors, found)
+    active = mlflow_client.search_runs([experiment], filter_string="tags.crossval = 'cv4-race'")
+    assert [r.info.run_id for r in active] == found[:1]
+    assert active[0].data.tags["crossval_role"] == "parent" and active[0].info.run_name == "cv4-race"
+    time.sleep(0.01)
+    mlflow_client.create_run(experiment, run_name="cv4-race", tags=parent_tags(crossval))  # a later one
+    assert find_or_create_parent(mlflow_client, experiment, crossval) == found[0]  # the oldest wins
