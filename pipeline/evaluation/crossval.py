@@ -220,4 +220,7 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, OSError) as error:  # DatasetError is a ValueError
         logger.error("%s", error)
         return 1
+    except KeyboardInterrupt:
+        logger.error("Cross-validation interrupted: rerun the same command with --resume true to continue it")
+        return 130
     return 0
