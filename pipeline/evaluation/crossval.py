@@ -115,8 +115,22 @@ def check_folds(plan: CrossvalPlan, chosen: list[int], resume: bool) -> None:
             )
 
 
+def shell_words(command: list[str]) -> str:
+    """``command`` as a line to paste in a shell, a config list in double quotes as the README writes it."""
+    words = []
+    for word in command:
+        plain = word.replace("#", "_")  # a '#' inside a word starts no comment
+        if shlex.quote(plain) == plain and not word.startswith("#"):
+            words.append(word)
+        elif "'" in word and not set('$`\\"!') & set(word):
+            words.append(f'"{word}"')
+        else:
+            words.append(shlex.quote(word))
+    return " ".join(words)
+
+
 def _run(command: list[str], what: str, plan: CrossvalPlan) -> None:
-    logger.info("%s: %s", what, shlex.join(command))
+    logger.info("%s: %s", what, shell_words(command))
     result = subprocess.run(command, env=plan.environment())
     if result.returncode != 0:
         raise RuntimeError(

@@ -284,3 +284,23 @@ def test_folds_starting_together_agree_on_one_parent_run(mlflow_client):
     time.sleep(0.01)
     mlflow_client.create_run(experiment, run_name="cv4-race", tags=parent_tags(crossval))  # a later one
     assert find_or_create_parent(mlflow_client, experiment, crossval) == found[0]  # the oldest wins
+
+
+def test_the_logged_commands_paste_back_into_the_same_words():
+    import shlex
+
+    from pipeline.evaluation.crossval import shell_words
+
+    command = [
+        "python",
+        "-m",
+        "monai.bundle",
+        "--config_file",
+        "['a b.json','c.json']",
+        "--network_def#depth",
+        "3",
+    ]
+    command += ["--dataset_dir", "/data/my scans", "--note", "it's $HOME", "#x", "--k", 'say "hi"']
+    line = shell_words(command)
+    assert shlex.split(line) == command
+    assert "--config_file \"['a b.json','c.json']\" --network_def#depth 3" in line
