@@ -97,16 +97,14 @@ class RunSummary:
     """At the end of training, a few lines saying what a user needs next.
 
     Best per-volume Dice and its epoch, the model.pt path, the MLflow run (name, id, URI) and
-    the commands to evaluate, infer, export and open the MLflow UI on that run, built from this
-    process's own command line (its config files and overrides, so that the network matches).
+    the commands to evaluate, infer, export and open the MLflow UI on that run. The evaluate
+    command repeats this process's config files and overrides; the infer command needs only the
+    checkpoint, which brings its network settings and image size (its run's config.json).
 
     Args:
         evaluator: the validation evaluator (``best_metric``, ``best_metric_epoch``).
         best_model: the best-model saver (its ``path``).
         tracking: the MLflow tracking handler (``run_id``, ``run_name``, ``tracking_uri``).
-        network: the trained ``image_size`` and ``network_def`` settings (``n_filters``, ``depth``,
-            ...), passed to the inference command, whose config has the full-size defaults.
-            Default None.
         enabled: False makes it a no-op (other ranks than 0). Default True.
     """
 
@@ -115,10 +113,8 @@ class RunSummary:
         evaluator: Engine,
         best_model: Any,
         tracking: Any,
-        network: dict | None = None,
         enabled: bool = True,
     ) -> None:
-        self.network = dict(network or {})
         self.evaluator = evaluator
         self.best_model = best_model
         self.tracking = tracking
@@ -149,8 +145,7 @@ class RunSummary:
         out += [
             "  next:",
             f"    evaluate: {bundle} {_config_arg([*configs, EVALUATE])}{overrides} --ckpt_path {ckpt}",
-            f"    infer:    {bundle} {INFERENCE}{self._network_overrides()} --ckpt_path {ckpt} "
-            "--dataset_dir <folder of scans>",
+            f"    infer:    {bundle} {INFERENCE} --ckpt_path {ckpt} --dataset_dir <folder of scans>",
             f"    export:   python -m pipeline export --checkpoint {ckpt} --out exports/{tracking.run_name}",
         ]
         if tracking.run_id:
@@ -159,10 +154,6 @@ class RunSummary:
                 "--host 127.0.0.1 --port 5000"
             )
         return out
-
-    def _network_overrides(self) -> str:
-        keys = [(f"--{k}" if k == "image_size" else f"--network_def#{k}", v) for k, v in self.network.items()]
-        return "".join(f" {key} {_quote(str(value))}" for key, value in keys)
 
     def __call__(self, engine: Engine) -> None:
         if self.enabled:
