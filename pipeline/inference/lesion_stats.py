@@ -61,12 +61,17 @@ def postprocess(mask_kji: np.ndarray, keep_largest: bool) -> np.ndarray:
 
 
 def _relative(path: Path, dataset_dir: Path | None) -> str:
+    """``path`` relative to ``dataset_dir``: as found first (a linked patient folder stays under
+    ``dataset_dir``), then with links resolved; else as it is."""
     path = Path(path)
     if dataset_dir is not None:
-        try:
-            return path.resolve().relative_to(dataset_dir.resolve()).as_posix()
-        except ValueError:
-            pass
+        for inner, outer in (
+            (path.absolute(), dataset_dir.resolve()),
+            (path.absolute(), dataset_dir.absolute()),
+            (path.resolve(), dataset_dir.resolve()),
+        ):
+            if inner.is_relative_to(outer):
+                return inner.relative_to(outer).as_posix()
     return str(path)
 
 

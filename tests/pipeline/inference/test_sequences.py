@@ -300,3 +300,11 @@ def test_linked_patient_folders_are_found_and_a_link_loop_ends(tmp_path):
         "",
     )
     assert (found[tiff.name].kind, found[tiff.name].n_slices) == ("tiff", 2)
+    # the CSV names the files under dataset_dir, not where the links point
+    from pipeline.inference.lesion_stats import input_files
+
+    assert input_files(found[tiff.name], data) == tiff.name
+    assert (
+        input_files(found[patient.name], data).split(";")[1]
+        == f"{patient.name}/BraTS20_Training_002_flair.nii.gz"
+    )
