@@ -165,6 +165,7 @@ def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         _write_bundle(stage, source, network, settings, image_size)
+        stage.chmod(0o755)  # mkdtemp's 0700 would travel in the zip: the receiving team could not share it
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(stage, out)

@@ -54,6 +54,9 @@ def test_bundle_layout_zip_and_metadata(exported, run_dir):
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
     with zipfile.ZipFile(archive) as zf:
         assert {f"{bundle.name}/{name}" for name in expected} <= set(zf.namelist())
+        # the bundle folder unzips readable by others (not mkdtemp's 0700)
+        assert (zf.getinfo(f"{bundle.name}/").external_attr >> 16) & 0o777 == 0o755
+    assert bundle.stat().st_mode & 0o777 == 0o755
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["monai_version"] == monai.__version__
     assert meta["pytorch_version"] == torch.__version__.split("+")[0]
