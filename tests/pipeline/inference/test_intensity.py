@@ -137,3 +137,40 @@ def test_scanner_gain_does_not_change_the_network_input(tmp_path):
     first, second = (read_volume(inp) for inp in inputs)
     np.testing.assert_allclose(first, second, atol=1e-3)
     assert first.max() == 255.0
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "dicom"])
+def test_a_16_bit_patient_and_its_8_bit_export_give_the_same_mask(tmp_path, fmt):
+    """The whole inference (segment_inputs with a real U-Net) on the two versions of one patient:
+    the masks agree but for voxels whose probability lies within float noise of the threshold."""
+    import nibabel as nib_
+    import torch
+
+    from networks import UNet
+    from pipeline.inference.workflow import segment_inputs
+
+    raw = {role: phantom_12bit(level, seed) for seed, (role, level) in enumerate(ROLES.items())}
+    eight = {role: export_8bit(volume) for role, volume in raw.items()}
+    if fmt == "nifti":
+        write_nifti_patient(tmp_path / "wide" / "P1", raw)
+        write_nifti_patient(tmp_path / "narrow" / "P1", eight)
+    else:
+        write_dicom_patient(tmp_path / "wide" / "P1", raw, bits=12)
+        write_dicom_patient(tmp_path / "narrow" / "P1", eight, bits=8)
+    torch.manual_seed(0)
+    network = UNet(n_filters=2, depth=3).eval()
+    [narrow] = find_inputs(tmp_path / "narrow")
+    side = read_volume(narrow).shape[-1]
+    # a threshold that makes about half the voxels lesion, so the masks say something
+    with torch.no_grad():
+        x = torch.from_numpy(min_max_per_slice(read_volume(narrow)))
+        probability = torch.sigmoid(network(x)).numpy()
+    threshold = float(np.median(probability))
+    masks = {}
+    for version in ("wide", "narrow"):
+        segment_inputs(find_inputs(tmp_path / version), network, tmp_path / f"out-{version}", side, threshold)
+        [path] = (tmp_path / f"out-{version}").rglob("*_mask.nii.gz")
+        masks[version] = np.asarray(nib_.load(path).dataobj).astype(bool)
+    assert 0.2 < masks["narrow"].mean() < 0.8
+    differ = masks["wide"] != masks["narrow"]
+    assert differ.mean() < 0.005, f"{differ.sum()} of {differ.size} voxels differ"
