@@ -19,6 +19,8 @@ DEMO = [CONFIGS / "train.json", CONFIGS / "demo.json"]
 TARGET_STEP_RATE = 0.95  # training step rate of the bundle / bare loop
 TARGET_LOADER = 3.0  # loader samples/s / samples/s the full-size model consumes
 TARGET_READER = 0.5  # our reader's files/s / bare tifffile's
+TARGET_INFERENCE_DEMO = 0.8  # inference.json's slices/s / a bare forward's, demo network
+TARGET_INFERENCE_FULL = 0.95  # the same, full network
 
 results: dict[str, dict] = {}
 

@@ -9,8 +9,10 @@ for the demo size) parsed with monai.bundle.ConfigParser, with only the paths an
 the timed runs overridden. Torch's thread count is left at its default, as the bundle leaves it.
 
 Sections: 1 reading (files/s), 2 the training DataLoader alone (samples/s, from the cache),
-3 training step time of the bundle's SupervisedTrainer vs a bare loop, 4 inference (slices/s),
-5 a tutorial-style plain-PyTorch pipeline (benchmarks/tutorial_peer.py), then the targets of
+3 training step time of the bundle's SupervisedTrainer vs a bare loop, 4 inference (slices/s, demo
+and full network), 5 a tutorial-style plain-PyTorch pipeline (benchmarks/tutorial_peer.py),
+6 clinical inference (seconds per three-sequence NIfTI patient with and without TTA, peak memory;
+benchmarks/clinical_speed.py), then the targets of
 docs/benchmarks.md. Not part of the test suite.
 """
 
@@ -31,8 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the project's packages
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.clinical_speed import bench_clinical  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     DEMO,
+    TARGET_INFERENCE_DEMO,
+    TARGET_INFERENCE_FULL,
     TARGET_LOADER,
     TARGET_READER,
     TARGET_STEP_RATE,
@@ -89,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         full.get_parsed_content("mlflow_tracking").close()
 
         say("\n== 4. inference: inference.json evaluator vs bare forward ==")
-        bench_inference(out / "bundle", data_dir, patients=1 if quick else 2)
+        infer_demo = bench_inference(out / "bundle", data_dir, patients=2 if quick else 6)
+        infer_full = bench_inference(out / "bundle", data_dir, patients=1, size="full")
 
         say("\n== 5. tutorial-style plain-PyTorch peer (benchmarks/tutorial_peer.py), demo size ==")
         bench_peer(demo, demo_epoch, rounds=1 if quick else 3)
         demo.get_parsed_content("mlflow_tracking").close()
+
+        say("\n== 6. clinical inference: three-sequence NIfTI patients, one process per run ==")
+        bench_clinical(out / "clinical")
 
         consumed_full = train_full["batch_size"] / train_full["bare_s_per_step"]
         consumed_demo = train_demo["batch_size"] / train_demo["bare_s_per_step"]
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             ("training step rate, full size (trainer / bare)", train_full["ratio"], TARGET_STEP_RATE),
             ("loader alone / model's consumption, full size", loader_full / consumed_full, TARGET_LOADER),
             ("reader (ours / bare tifffile)", results["reading"]["ratio"], TARGET_READER),
+            ("inference.json / bare forward, demo size", infer_demo, TARGET_INFERENCE_DEMO),
+            ("inference.json / bare forward, full size", infer_full, TARGET_INFERENCE_FULL),
         ]
         say("\n== targets (docs/benchmarks.md) ==")
         for name, value, target in checks:
