@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import signal
+import threading
 from typing import Any
 
 from ignite.engine import Engine, Events
@@ -47,6 +49,38 @@ class InterruptNotice:
         if not engine.has_event_handler(self, Events.EXCEPTION_RAISED):
             engine.add_event_handler(Events.EXCEPTION_RAISED, self)
             engine.logger.addFilter(_EmptyExceptionLine())
+            engine.add_event_handler(Events.STARTED, self._catch_ctrl_c)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_if_interrupted)
+            engine.add_event_handler(Events.COMPLETED, self._release_ctrl_c)
+
+    # Python raises KeyboardInterrupt wherever the main thread is when Ctrl-C arrives; inside an
+    # object's finalizer (MLflow's and SQLAlchemy's sessions have them) it is printed as "Exception
+    # ignored" and lost, and training went on (seen in CI). So the first Ctrl-C only sets a flag,
+    # and the trainer raises KeyboardInterrupt after the current iteration; a second one raises
+    # at once, as Python's own handler does.
+    _previous: Any = None
+    _interrupted = False
+
+    def _catch_ctrl_c(self, engine: Engine) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._interrupted = False
+            self._previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+        self._interrupted = True
+        logger.warning("Ctrl-C: stopping after this iteration (Ctrl-C again to stop at once)")
+
+    def _stop_if_interrupted(self, engine: Engine) -> None:
+        if self._interrupted:
+            self._release_ctrl_c(engine)
+            raise KeyboardInterrupt
+
+    def _release_ctrl_c(self, engine: Engine) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
     def resume_command(self) -> str:
         """This process's bundle command (configs, overrides) with ``--run_name R --resume true``."""
@@ -63,6 +97,7 @@ class InterruptNotice:
         )
 
     def __call__(self, engine: Engine, error: BaseException) -> None:
+        self._release_ctrl_c(engine)
         if not self.enabled or not isinstance(error, KeyboardInterrupt):
             return
         files = self.checkpoints.epoch_files()
