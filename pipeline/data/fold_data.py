@@ -13,10 +13,9 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.data.checks import check_dataset
-from pipeline.data.discovery import DatasetError, discover, fingerprint
+from pipeline.data.discovery import discover, fingerprint
 from pipeline.data.folds import check_folds_setting, load_or_create_folds, write_fold_split
-from pipeline.data.prepare import PreparedData, ensure_dataset, prepare_data
+from pipeline.data.prepare import PreparedData, prepare_data, ready_dataset
 from pipeline.data.weights import mask_areas
 
 logger = logging.getLogger(__name__)
@@ -80,17 +79,7 @@ def prepare_fold_data(
             f"--split_file {split_file}: with crossval.json fold {i}'s split file is {expected}, derived "
             f"from the fold file {fold_file}; drop --split_file (edit the fold file to choose the folds)"
         )
-    ensure_dataset(dataset_dir, phantom_dir, phantom_patients, seed, hard=phantom_hard)
-    root = Path(dataset_dir).expanduser().resolve()
-    if check:
-        report = check_dataset(root)
-        if not report.ok:
-            raise DatasetError(
-                f"The dataset {root} has faults; fix them (or run `python -m pipeline check-data {root}`) "
-                f"before training:\n{report.format()}"
-            )
-        for warning in report.warnings:
-            logger.warning("%s", warning)
+    root, generated = ready_dataset(dataset_dir, phantom_dir, phantom_patients, seed, phantom_hard, check)
     records = discover(root)
     patients = sorted({r["patient"] for r in records})
     check_folds_setting(k, i, n_patients=len(patients))
@@ -99,7 +88,7 @@ def prepare_fold_data(
     )
     write_fold_split(split_file, dealt, i)
     logger.info("Cross-validation fold %d of %d: validating on %d patients", i, k, len(dealt["folds"][i]))
-    return prepare_data(
+    prepared = prepare_data(
         dataset_dir,
         split_file,
         phantom_dir,
@@ -110,3 +99,5 @@ def prepare_fold_data(
         sampling_floor=sampling_floor,
         intensity=intensity,
     )
+    prepared.generated_phantom = prepared.generated_phantom or generated  # generated above, not there
+    return prepared
