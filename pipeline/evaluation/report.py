@@ -25,7 +25,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.atomic import write_json, write_text
-from pipeline.evaluation import detection, metrics
+from pipeline.evaluation import detection, metrics, uncertainty_validation
+from pipeline.evaluation.uncertainty import DEFAULT_MC_SAMPLES, check_mc_samples, uncertainty_method
 from pipeline.evaluation.volume_evaluation import evaluate_volumes
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,13 @@ class EvaluationReport:
             Default ``detection.DEFAULT_MIN_COMPONENT_VOXELS`` (10).
         voxel_spacing_mm: (slice, row, column) size in mm of the evaluated voxels (after the resize
             to image_size), for volumes in mL and HD95 in mm. Default None: voxels and pixels.
+        uncertainty: the inferer's ``uncertainty`` (None, "tta", "mc_dropout", "ensemble"),
+            recorded in summary.json; the scores are evaluated when the inferer gives the maps
+            (:mod:`pipeline.evaluation.uncertainty_validation`). Default None.
+        mc_samples: the inferer's ``mc_samples``, recorded. Default 8.
+        uncertainty_flag_rate: share of patients flagged when ``uncertainty_threshold`` is None.
+            Default 0.2.
+        uncertainty_threshold: flag above this score. Default None: chosen by the flag rate.
     """
 
     def __init__(
@@ -62,6 +70,10 @@ class EvaluationReport:
         n_picture_slices: int = 8,
         min_component_voxels: int = detection.DEFAULT_MIN_COMPONENT_VOXELS,
         voxel_spacing_mm: list[float] | None = None,
+        uncertainty: str | None = None,
+        mc_samples: int = DEFAULT_MC_SAMPLES,
+        uncertainty_flag_rate: float = uncertainty_validation.DEFAULT_FLAG_RATE,
+        uncertainty_threshold: float | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), not {threshold}")
@@ -74,6 +86,12 @@ class EvaluationReport:
         self.tracking = tracking
         self.pictures = pictures
         self.n_picture_slices = n_picture_slices
+        self.uncertainty = {
+            "method": uncertainty_method(uncertainty),
+            "mc_samples": check_mc_samples(mc_samples),
+            "flag_rate": uncertainty_validation.check_flag_rate(uncertainty_flag_rate),
+            "threshold": uncertainty_validation.check_score_threshold(uncertainty_threshold),
+        }
         self.slices: dict[str, dict[int, dict]] = defaultdict(dict)
         self.summary: dict | None = None
 
@@ -100,14 +118,25 @@ class EvaluationReport:
                 "image_file": str(batch.get("image_file", "")),
                 "label_file": str(batch.get("label_file", "")),
             }
+            if logits.shape[0] > 2:  # the uncertainty maps: variance, entropy, votes
+                self.slices[patient][index].update(
+                    entropy=logits[3].astype(np.float16), votes=logits[4].astype(np.float16)
+                )
 
     def completed(self, engine: Engine | None = None) -> dict:
         if not self.slices:
             raise ValueError("EvaluationReport: no slice was evaluated; is the evaluation datalist empty?")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         summary, rows = evaluate_volumes(
-            self.slices, self.threshold, self.min_component_voxels, self.voxel_spacing_mm
+            self.slices,
+            self.threshold,
+            self.min_component_voxels,
+            self.voxel_spacing_mm,
+            self.uncertainty["flag_rate"],
+            self.uncertainty["threshold"],
         )
+        if self.uncertainty["method"] is not None:
+            summary["uncertainty"] = dict(self.uncertainty, note=uncertainty_validation.NOTE)
         summary["checkpoint"] = self.checkpoint
         summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         files = {"summary": self.output_dir / "summary.json", "per_slice": self.output_dir / "per_slice.csv"}
@@ -131,6 +160,7 @@ class EvaluationReport:
                 _text(variant["specificity"]),
                 _text(variant["fp_voxels_lesion_free"]["mean"], ".0f"),
             )
+        uncertainty_validation.log_figures(summary)
         if self.tracking is not None:
             self.tracking.log_evaluation(summary, files)
         self.summary = summary

@@ -11,7 +11,10 @@ The options (``VARIANTS``), each applied to a patient's restacked volume:
   detection (a patient not detected gets an empty mask).
 
 Each gets Dice, IoU and HD95 (:mod:`pipeline.evaluation.metrics`) and the false-positive and
-detection figures (:mod:`pipeline.evaluation.detection`).
+detection figures (:mod:`pipeline.evaluation.detection`). When the slices carry the uncertainty
+maps (``entropy``, ``votes``), each option's mask also gets the uncertainty scores
+(:func:`pipeline.evaluation.uncertainty.patient_scores`) and their validation
+(:mod:`pipeline.evaluation.uncertainty_validation`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluation import detection, metrics
+from pipeline.evaluation.uncertainty import SCORES, patient_scores
+from pipeline.evaluation.uncertainty_validation import DEFAULT_FLAG_RATE, add_uncertainty
 
 VARIANTS = ("threshold", "threshold+lcc", "threshold+mcs", "tta", "tta+lcc", "tta+mcs")
 
@@ -31,6 +36,8 @@ def evaluate_volumes(
     threshold: float,
     min_component_voxels: int = detection.DEFAULT_MIN_COMPONENT_VOXELS,
     voxel_spacing_mm: list[float] | None = None,
+    uncertainty_flag_rate: float = DEFAULT_FLAG_RATE,
+    uncertainty_threshold: float | None = None,
 ) -> tuple[dict, list[dict]]:
     """Per-patient and per-slice metrics of every post-processing option.
 
@@ -39,6 +46,8 @@ def evaluate_volumes(
         threshold: probability threshold.
         min_component_voxels: the smallest 3-D component that calls a patient positive. Default 10.
         voxel_spacing_mm: (slice, row, column) voxel size in mm; default None (voxels, pixels).
+        uncertainty_flag_rate, uncertainty_threshold: how patients are flagged by their uncertainty
+            (:func:`pipeline.evaluation.uncertainty_validation.validate_score`). Default 0.2, None.
 
     Returns:
         (summary dict with "cases" and "aggregates", per-slice rows for the CSV).
@@ -47,6 +56,8 @@ def evaluate_volumes(
     cases, rows = [], []
     per_variant: dict[str, dict[str, list[float]]] = {v: defaultdict(list) for v in VARIANTS}
     records: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    scores: dict[str, dict[str, list[float]]] = {v: {name: [] for name in SCORES} for v in VARIANTS}
+    with_maps = bool(slices) and all("votes" in s for by_slice in slices.values() for s in by_slice.values())
     for patient in sorted(slices):
         order = sorted(slices[patient])
         truth = np.stack([slices[patient][i]["truth"] for i in order])
@@ -59,6 +70,12 @@ def evaluate_volumes(
             masks[base] = probs[base] > threshold
             masks[f"{base}+lcc"] = metrics.largest_component(masks[base])
             masks[f"{base}+mcs"] = metrics.remove_small_components(masks[base], min_component_voxels)
+        if with_maps:
+            entropy = np.stack([slices[patient][i]["entropy"] for i in order])
+            votes = np.stack([slices[patient][i]["votes"] for i in order])
+            for variant in VARIANTS:
+                for name, value in patient_scores(masks[variant], entropy, votes).items():
+                    scores[variant][name].append(value)
         case_metrics = {}
         for variant in VARIANTS:
             result = metrics.volume_metrics(masks[variant], truth, voxel_spacing_mm)
@@ -115,6 +132,8 @@ def evaluate_volumes(
         "over patients with a lesion; fp_aware_dice: Dice, a lesion-free patient scoring 1 when not "
         "detected and 0 when detected.",
     }
+    if with_maps:
+        add_uncertainty(summary, scores, uncertainty_flag_rate, uncertainty_threshold)
     return summary, rows
 
 
