@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pydoc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.inference.fold_models import fold_checkpoints
+from pipeline.inference.fold_models import crossval_folder, fold_checkpoints
 from pipeline.training.model_settings import (
     TrainedSettings,
     build_network,
@@ -47,6 +48,18 @@ from pipeline.training.model_settings import (
     trained_settings,
 )
 from pipeline.training.weights import read_weights, weights_mismatch
+
+__all__ = [
+    "FoldEnsemble",
+    "check_members",
+    "crossval_folder",
+    "ensemble_settings",
+    "fold_ensemble",
+    "held_out",
+    "load_ensemble",
+    "load_model",
+    "member_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +94,10 @@ class FoldEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.eps = float(eps)
         self.channels_in = int(getattr(members[0], "channels_in", 3))
+
+    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (k, B, 1, H, W): each member's sigmoid probabilities (for their spread)."""
+        return torch.stack([torch.sigmoid(member(x)) for member in self.members])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, H, W) logits; H and W as each member requires."""
@@ -138,6 +155,22 @@ def ensemble_settings(crossval: str | Path | Sequence[str | Path]) -> TrainedSet
     return member_settings(crossval)[0]
 
 
+def _recorded_class(trained: TrainedSettings) -> Any:
+    """The network class a member's run config names (``network_def#_target_``).
+
+    Raises:
+        ValueError: it names none, or one that cannot be imported.
+    """
+    target = trained.network.get("_target_")
+    found = pydoc.locate(str(target)) if isinstance(target, str) else None
+    if not callable(found):
+        raise ValueError(
+            f"{trained.config_file or trained.checkpoint}: network_def#_target_ {target!r} is no importable "
+            "network class; pass network_def"
+        )
+    return found
+
+
 def fold_ensemble(
     crossval: str | Path | Sequence[str | Path],
     network_def: Any = None,
@@ -151,13 +184,16 @@ def fold_ensemble(
     Args:
         crossval: a cross-validation folder, a fold run folder or a list of checkpoints.
         network_def: the config's ``network_def``; its non-null values replace every member's.
-            Default None: each member's recorded settings.
+            Default None: each member's recorded network class and settings.
         image_size, allow_other_image_size: the image-size check of each member. Default None:
             not checked.
         device: default None: the CPU.
     """
     settings = member_settings(crossval)
-    members = [load_network(network_def, s, image_size, allow_other_image_size) for s in settings]
+    members = [
+        load_network(network_def or _recorded_class(s), s, image_size, allow_other_image_size)
+        for s in settings
+    ]
     ensemble = FoldEnsemble(members)
     logger.info("Fold ensemble of %d models: %s", len(members), ", ".join(s.checkpoint for s in settings))
     return ensemble if device is None else ensemble.to(device)
