@@ -17,6 +17,9 @@ by input name; failed inputs are in ``failures.csv`` instead (:mod:`pipeline.inf
 - ``substituted``: roles missing from the patient and replaced by FLAIR, ";"-joined (e.g. "t1c").
 - ``flair_only``: "true" when FLAIR alone was given (copied into all three channels: the network
   never saw such input, the mask is unreliable), else "false".
+- ``uncertainty_disagreement``, ``uncertainty_entropy``, ``uncertainty_flag``: only with
+  ``uncertainty`` on (:data:`UNCERTAINTY_COLUMNS`, :mod:`pipeline.inference.uncertainty`): the
+  input's uncertainty scores and "true" when the flagged score is above the threshold.
 - ``input_files``: the files (or DICOM folders) read: the sequences of a patient in channel order
   (t1, FLAIR, t1c; substituted ones absent), else the input's path; relative to ``dataset_dir``
   when under it, ";"-joined.
@@ -48,6 +51,7 @@ CSV_COLUMNS = (
     "flair_only",
     "input_files",
 )
+UNCERTAINTY_COLUMNS = ("uncertainty_disagreement", "uncertainty_entropy", "uncertainty_flag")
 ROLE_ORDER = ("t1", "flair", "t1c")  # the network's channels
 
 
@@ -114,9 +118,13 @@ def lesion_row(
 
 
 def write_csv(path: str | os.PathLike, rows: dict[str, dict]) -> Path:
-    """Write ``lesion_volumes.csv`` (atomically): the rows sorted by input name; its path."""
+    """Write ``lesion_volumes.csv`` (atomically): the rows sorted by input name; its path. The
+    :data:`UNCERTAINTY_COLUMNS` go before ``input_files`` when a row has them."""
+    columns = list(CSV_COLUMNS)
+    if any(UNCERTAINTY_COLUMNS[0] in row for row in rows.values()):
+        columns[-1:-1] = UNCERTAINTY_COLUMNS
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS))
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows[name] for name in sorted(rows))
     return write_text(Path(path), buffer.getvalue())

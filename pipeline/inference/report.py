@@ -11,7 +11,8 @@ Decisions:
   name): status (segmented / kept from an earlier run / failed), the lesion volume in mL (voxels
   when the spacing is unknown), slices with lesion, the share of the largest component, the
   flags (sequences replaced by FLAIR; FLAIR only = unreliable; the error of a failed input), and
-  an overlay montage.
+  an overlay montage. With ``uncertainty`` on, the input's scores and the map's file, and a flag
+  when the score is above the threshold (``data-uncertain="true"`` on the section).
 - **Montage** (:func:`montage_png`): up to ``max_panels`` (6) slices with the most lesion voxels,
   shown in slice order side by side in one PNG (``data-slices``: their 0-based indices k; the
   caption counts from 1 as the TIFF file names do). Each panel is FLAIR in grey (the network's
@@ -142,16 +143,40 @@ def _flags(entry: Mapping[str, Any]) -> list[str]:
         flags.append(
             "FLAIR only (copied into all three channels): unreliable, the network never saw such input"
         )
+    uncertainty = entry.get("uncertainty")
+    if uncertainty and uncertainty["flagged"]:
+        flags.append(
+            f"uncertain: {uncertainty['score']} {uncertainty['value']:.3f} is above the threshold "
+            f"{uncertainty['threshold']:g} ({uncertainty['method']} samples disagree): check this mask "
+            "with particular care"
+        )
     if entry.get("error"):
         flags.append(f"error: {entry['error']}")
     return flags
 
 
+def _uncertainty_text(entry: Mapping[str, Any]) -> str:
+    uncertainty, row = entry.get("uncertainty"), entry.get("row") or {}
+    scores = ", ".join(
+        f"{name.removeprefix('uncertainty_')} {float(row[name]):.3f}"
+        for name in ("uncertainty_disagreement", "uncertainty_entropy")
+        if row.get(name, "") != ""
+    )
+    e = html.escape
+    return (
+        f"<p>Uncertainty ({e(uncertainty['method'])} samples): {e(scores)}; flagged above "
+        f"{e(uncertainty['score'])} {uncertainty['threshold']:g}; per-voxel variance in "
+        f"{e(uncertainty['map'])}</p>"
+    )
+
+
 def _section(entry: Mapping[str, Any]) -> str:
     e = html.escape
     name, status, row = entry["name"], entry["status"], entry.get("row")
+    uncertain = entry.get("uncertainty")
+    marker = "" if not uncertain else f' data-uncertain="{str(bool(uncertain["flagged"])).lower()}"'
     parts = [
-        f'<section class="input" data-input="{e(name)}" data-status="{e(status)}">',
+        f'<section class="input" data-input="{e(name)}" data-status="{e(status)}"{marker}>',
         f"<h2>{e(name)}</h2>",
     ]
     parts.append(f"<p>Status: {e(STATUS[status])}</p>")
@@ -163,6 +188,8 @@ def _section(entry: Mapping[str, Any]) -> str:
             + (f"; largest component {float(share):.0%} of the lesion" if share != "" else "")
             + "</p>"
         )
+    if uncertain:
+        parts.append(_uncertainty_text(entry))
     for flag in _flags(entry):
         parts.append(f'<p class="flag">{e(flag)}</p>')
     png, chosen = entry.get("montage") or b"", entry.get("slices") or []

@@ -44,13 +44,22 @@ import torch
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
-from monai.transforms import Activationsd, Compose
+from monai.transforms import Compose
 
 from pipeline.inference.input_record import InferenceInput
 from pipeline.inference.inputs import find_inputs
 from pipeline.inference.preprocessing import image_preprocessing
 from pipeline.inference.run_summary import InferenceFailed
 from pipeline.inference.slice_dataset import SliceDataset
+from pipeline.inference.uncertainty import (
+    DEFAULT_MC_SAMPLES,
+    DEFAULT_SCORE,
+    DEFAULT_THRESHOLD,
+    UncertaintyInferer,
+    mask_writer,
+    postprocessing,
+    uncertainty_method,
+)
 from pipeline.inference.volumes import read_volume
 from pipeline.inference.writers import MaskWriter
 
@@ -91,6 +100,10 @@ def run_inference(
     sequence_patterns: Mapping[str, str | Sequence[str]] | None = None,
     allow_flair_only: bool = False,
     training_config: str | os.PathLike | Mapping | None = None,
+    uncertainty: str | None = None,
+    mc_samples: int = DEFAULT_MC_SAMPLES,
+    uncertainty_score: str = DEFAULT_SCORE,
+    uncertainty_threshold: float = DEFAULT_THRESHOLD,
 ) -> Path:
     """Segment every input under ``dataset_dir`` and write the masks, lesion volumes and report.
 
@@ -114,6 +127,11 @@ def run_inference(
             whether FLAIR alone is segmented (:func:`pipeline.inference.inputs.find_inputs`).
         training_config: the training config whose preprocessing chain is applied (a run's
             ``config.json``). Default None: bundle/configs/train.json.
+        uncertainty: None (default: off), "tta", "mc_dropout" or "ensemble": also write each
+            input's uncertainty map and scores (:mod:`pipeline.inference.uncertainty`).
+        mc_samples: the passes of "mc_dropout". Default 8.
+        uncertainty_score, uncertainty_threshold: an input is flagged when this score is above
+            the threshold. Default "disagreement", 0.2.
 
     Returns:
         The path of ``lesion_volumes.csv``.
@@ -136,6 +154,10 @@ def run_inference(
         model_info=model_info,
         dataset_dir=dataset_dir,
         training_config=training_config,
+        uncertainty=uncertainty,
+        mc_samples=mc_samples,
+        uncertainty_score=uncertainty_score,
+        uncertainty_threshold=uncertainty_threshold,
     )
 
 
@@ -148,18 +170,26 @@ def segment_inputs(
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     training_config: str | os.PathLike | Mapping | None = None,
+    uncertainty: str | None = None,
+    mc_samples: int = DEFAULT_MC_SAMPLES,
     **writer_options: Any,
 ) -> Path:
-    """:func:`run_inference` on inputs already found (``writer_options``: those of :class:`MaskWriter`)."""
-    writer = MaskWriter(inputs, output_dir, threshold, **writer_options)
+    """:func:`run_inference` on inputs already found (``writer_options``: those of :class:`MaskWriter`
+    and, with ``uncertainty``, of :class:`pipeline.inference.uncertainty.UncertaintyMaskWriter`)."""
+    writer = mask_writer(
+        inputs, output_dir, threshold, uncertainty=uncertainty, mc_samples=mc_samples, **writer_options
+    )
+    method = uncertainty_method(uncertainty)
     preprocessing = image_preprocessing(image_size, training_config)
     dataset = SliceDataset(inputs, preprocessing, skip=writer.skipped)
     evaluator = SupervisedEvaluator(
         device=torch.device(device),
         val_data_loader=DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0),
         network=network.to(device),
-        inferer=SimpleInferer(),
-        postprocessing=Activationsd(keys="pred", sigmoid=True),
+        inferer=SimpleInferer()
+        if method is None
+        else UncertaintyInferer(method, False, mc_samples, threshold),
+        postprocessing=postprocessing("pred", method),
         val_handlers=[writer],
     )
     evaluator.run()
