@@ -11,8 +11,10 @@ scored best in the model's evaluation (:mod:`pipeline.export.metadata`,
 when complete, then zipped (also staged).
 
 Where the model comes from (a weights file, an MLflow run, a registered version):
-:mod:`pipeline.export.sources`. The model registry (``--register``, ``--alias``):
-:mod:`pipeline.export.registry`.
+:mod:`pipeline.export.sources`; a cross-validation's fold ensemble (``--crossval``), whose
+model.pt / model.ts / model.onnx are the ensemble (:class:`pipeline.inference.ensemble.FoldEnsemble`,
+the folds' weights under ``members.<i>.``): :mod:`pipeline.export.crossval_source`. The model
+registry (``--register``, ``--alias``): :mod:`pipeline.export.registry`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 from pipeline.export.bundle_configs import CONFIGS, inference_config, rewritten
 from pipeline.export.choice import best_option
+from pipeline.export.crossval_source import ENSEMBLE, crossval_record, ensemble_card, source_from_crossval
 from pipeline.export.layout import BUNDLE, MODEL_FILES, sha256
 from pipeline.export.metadata import build_metadata, model_card, write_json
 from pipeline.export.sources import ModelSource, source_from_checkpoint, source_from_registry, source_from_run
@@ -80,18 +83,35 @@ def _vendored_roots(found: set[str]) -> set[str]:
 def _identity(out: Path, source: ModelSource) -> dict:
     """The model's identity the outputs name (inference.json's ``model_info``), fixed at export:
     what :func:`pipeline.inference.model_identity.model_identity` reads from a run folder, which a
-    bundle does not have."""
+    bundle does not have. A fold ensemble is named by its cross-validation (the parent run); its
+    pooled out-of-fold Dice is that of the single folds, so it is not given as the ensemble's."""
     recorded = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     folder = source.checkpoint.parent.parent.name if source.checkpoint.parent.name == "models" else None
+    ensemble = bool(source.members)
     identity = {
         "bundle_name": recorded.get("name"),
         "bundle_version": recorded.get("version"),
         "weights_sha256": sha256(out / "models" / "model.pt"),
         "training_run_id": source.mlflow.get("run_id"),
-        "training_run": source.mlflow.get("run_name") or folder,
-        "validation_volume_dice": source.metrics.get("eval_threshold_dice_mean"),
+        "training_run": source.crossval.get("name") if ensemble else source.mlflow.get("run_name") or folder,
+        "validation_volume_dice": None if ensemble else source.metrics.get("eval_threshold_dice_mean"),
+        "ensemble": f"mean probability of {len(source.members)} fold models" if ensemble else None,
     }
     return {key: value for key, value in identity.items() if value not in (None, "")}
+
+
+def _fold_ensemble(source: ModelSource, settings: dict) -> torch.nn.Module:
+    """The folds' networks, each with its weights, as one :class:`FoldEnsemble` (eval mode)."""
+    from monai.bundle import ConfigParser
+
+    from pipeline.inference.ensemble import FoldEnsemble
+    from pipeline.training.checkpoints import load_weights
+
+    members = []
+    for member in source.members:
+        network = ConfigParser({"network_def": copy.deepcopy(settings)}).get_parsed_content("network_def")
+        members.append(load_weights(network, member["checkpoint"]))
+    return FoldEnsemble(members).eval()
 
 
 def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, settings: dict, size: int):
@@ -104,7 +124,9 @@ def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, sett
 
     chosen = best_option(source.metrics)
     options = {key: chosen[key] for key in ("tta", "largest_component")}
-    inference, found = inference_config(size, settings, {**options, "model_info": _identity(out, source)})
+    folds = len(source.members) or None
+    identity = _identity(out, source)
+    inference, found = inference_config(size, settings, {**options, "model_info": identity}, folds)
     chosen["not_applied"] = sorted(k for k in options if k not in inference)
     train = rewritten({k: v for k, v in source.config.items() if k != "_meta_"}, "import")
     rewritten(source.config.get("deterministic_transforms", []), "import", found)
@@ -119,11 +141,17 @@ def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, sett
     versions = package_versions(third_party(files.values()))
     meta = build_metadata(source, settings, size, versions, chosen)
     meta["scripts_files"] = {name: {"sha256": sha256(out / name)} for name in sorted(files)}
+    if source.members:
+        meta["crossval"] = crossval_record(source)
     write_json(out / "configs" / "metadata.json", meta)
 
     with tempfile.TemporaryDirectory() as tmp:
         network_file = Path(tmp) / "network.json"
-        write_json(network_file, {"imports": ["$import networks"], "network_def": settings})
+        imports = ["$import networks", "$import pipeline.inference.ensemble"]
+        network_def = (
+            {"_target_": ENSEMBLE, "members": [settings] * len(source.members)} if folds else settings
+        )
+        write_json(network_file, {"imports": imports, "network_def": network_def})
         ckpt_export(
             net_id="network_def",
             filepath=str(out / "models" / "model.ts"),
@@ -135,7 +163,7 @@ def _write_bundle(out: Path, source: ModelSource, network: torch.nn.Module, sett
 
     meta["model_files"] = {name: {"sha256": sha256(out / name)} for name in MODEL_FILES}
     write_json(out / "configs" / "metadata.json", meta)
-    (out / "docs" / "README.md").write_text(model_card(meta, settings, source.config))
+    (out / "docs" / "README.md").write_text(model_card(meta, settings, source.config) + ensemble_card(meta))
 
 
 def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]:
@@ -159,8 +187,11 @@ def export_bundle(source: ModelSource, out_dir: str | Path) -> tuple[Path, Path]
     started = time.perf_counter()
     settings = network_settings(copy.deepcopy(source.config))  # MONAI's parser edits what it is given
     image_size = int(ConfigParser(copy.deepcopy(source.config)).get_parsed_content("image_size"))
-    network = ConfigParser({"network_def": settings}).get_parsed_content("network_def")
-    load_weights(network, source.checkpoint).eval()
+    if source.members:
+        network = _fold_ensemble(source, settings)
+    else:
+        network = ConfigParser({"network_def": settings}).get_parsed_content("network_def")
+        load_weights(network, source.checkpoint).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -188,6 +219,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--run", metavar="RUN_ID", help="MLflow run whose models/model.pt is exported")
     which.add_argument("--checkpoint", metavar="PATH", help="a local model.pt (or training checkpoint)")
     which.add_argument(
+        "--crossval",
+        metavar="FOLDER_OR_RUN_ID",
+        help="a cross-validation's fold ensemble: outputs/crossval/<name> (or a fold run folder), or the "
+        "id of its parent MLflow run",
+    )
+    which.add_argument(
         "--model",
         metavar="URI",
         help="a registered version to export again: models:/NAME@ALIAS or models:/NAME/VERSION",
@@ -210,6 +247,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pipeline.export.registry import register_bundle
 
+    if args.crossval and args.register:
+        logger.error(
+            "--register does not take a fold ensemble yet (the registry's MLflow Model is one network): "
+            "export --crossval without --register, or register a single fold with --run"
+        )
+        return 1
     if args.alias and not args.register:
         logger.error("--alias %s needs --register NAME: the alias moves to the new version", args.alias)
         return 1
@@ -220,6 +263,8 @@ def main(args: argparse.Namespace) -> int:
                 source = source_from_run(args.run, uri, Path(workdir))
             elif args.model:
                 source = source_from_registry(args.model, uri, Path(workdir))
+            elif args.crossval:
+                source = source_from_crossval(args.crossval, args.tracking_uri, Path(workdir))
             else:
                 source = source_from_checkpoint(args.checkpoint, args.tracking_uri)
             bundle_dir, archive = export_bundle(source, args.out)

@@ -48,6 +48,7 @@ BUNDLE_KEYS = {
     "training_config": "$@bundle_root + '/configs/train.json'",
     "metadata_file": "$@bundle_root + '/configs/metadata.json'",  # the model's identity in the outputs
 }
+ENSEMBLE_LOADER = "pipeline.inference.ensemble.load_ensemble"  # an exported fold ensemble's network
 OVERLAYS = ("train.json", "demo.json", "multi_gpu_train.json")  # what a run's merged config holds
 
 
@@ -154,7 +155,7 @@ def _derived(value: Any) -> bool:
 
 
 def inference_config(
-    image_size: int, network_def: dict, options: dict[str, Any] | None = None
+    image_size: int, network_def: dict, options: dict[str, Any] | None = None, folds: int | None = None
 ) -> tuple[dict, set[str]]:
     """The bundle's inference.json from bundle/configs/inference.json, and the dotted names of this
     repository's code it uses.
@@ -164,6 +165,9 @@ def inference_config(
         network_def: the run's network settings (``_target_`` with the repository's name).
         options: values of existing keys to set (the chosen ``tta``, ``largest_component``, and
             ``model_info``, the model's identity, which a bundle knows at export).
+        folds: a fold ensemble of that many members (``export --crossval``): ``network`` is
+            :func:`pipeline.inference.ensemble.load_ensemble` of ``models/model.pt``, which holds
+            the ensemble's state_dict. Default None: a single model.
     """
     found: set[str] = set()
     source = _read("inference.json")
@@ -186,6 +190,10 @@ def inference_config(
     for key, value in (options or {}).items():
         if key in config:
             config[key] = value
+    if folds is not None:
+        network = {k: v for k, v in config["network"].items() if k != "crossval"}
+        network["_target_"] = _target(ENSEMBLE_LOADER, found)
+        config["network"] = {**network, "folds": int(folds)}
     return config, found
 
 
@@ -205,11 +213,12 @@ def allowed_code() -> dict[str, set[str]]:
     """Config file of the bundle -> the code strings export writes into it."""
     network = _read("train.json")["network_def"]
     inference, _ = inference_config(256, network)
+    ensemble, _ = inference_config(256, network, folds=2)
     training: set[str] = set()
     for name in OVERLAYS:
         training |= {v for _, v in code_strings(rewritten(_read(name)))}
     return {
-        "configs/inference.json": {v for _, v in code_strings(inference)},
+        "configs/inference.json": {v for config in (inference, ensemble) for _, v in code_strings(config)},
         "configs/train.json": training,
         "configs/evaluate.json": {v for _, v in code_strings(rewritten(_read("evaluate.json")))},
         "configs/metadata.json": set(),

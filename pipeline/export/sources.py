@@ -18,6 +18,7 @@ __all__ = [
     "source_from_checkpoint",
     "source_from_registry",
     "source_from_run",
+    "summary_file_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,20 @@ class ModelSource:
         checkpoint: local weights file (``model.pt`` state_dict or a training checkpoint).
         config: the run's merged training config (``config.json`` of the run folder or MLflow artifact).
         metrics: metric name -> value (MLflow run metrics, evaluation summary).
-        mlflow: ``{"run_id", "tracking_uri", "experiment", "run_name"}`` or empty when unknown.
+        mlflow: ``{"run_id", "tracking_uri", "experiment", "run_name"}`` or empty when unknown (for
+            a fold ensemble: the cross-validation's parent run).
+        members: for a fold ensemble (``export --crossval``), per fold ``{"fold", "checkpoint",
+            "config", "run", "run_id", "sha256"}``; empty for a single model
+            (:mod:`pipeline.export.crossval_source`).
+        crossval: for a fold ensemble, ``{"name", "folds"}`` (and ``"folder"`` when local).
     """
 
     checkpoint: Path
     config: dict
     metrics: dict[str, float] = field(default_factory=dict)
     mlflow: dict[str, str] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)
+    crossval: dict[str, Any] = field(default_factory=dict)
 
 
 def _run_metrics(client: Any, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -50,9 +58,9 @@ def _run_metrics(client: Any, run_id: str) -> tuple[dict[str, float], dict[str, 
     return metrics, info
 
 
-def _summary_metrics(run_dir: Path) -> dict[str, float]:
-    """Aggregates of ``<run_dir>/evaluation/summary.json`` (written by evaluate.json), if present."""
-    path = run_dir / "evaluation" / "summary.json"
+def summary_file_metrics(path: Path) -> dict[str, float]:
+    """The per-volume Dice aggregates of a summary.json (evaluate.json's, or a cross-validation's
+    pooled one) as ``eval_<option>_dice_<mean|median>``, and ``eval_patients``; {} when absent."""
     if not path.is_file():
         return {}
     summary = json.loads(path.read_text())
@@ -152,7 +160,8 @@ def source_from_checkpoint(checkpoint: str | Path, tracking_uri: str | None = No
     else:
         logger.warning("%s not found: taking the network settings of bundle/configs/train.json", config_file)
         config = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    source = ModelSource(checkpoint=path, config=config, metrics=_summary_metrics(run_dir))
+    metrics = summary_file_metrics(run_dir / "evaluation" / "summary.json")
+    source = ModelSource(checkpoint=path, config=config, metrics=metrics)
     run_file = run_dir / "mlflow_run.json"
     if run_file.is_file():
         record = json.loads(run_file.read_text())
