@@ -1,8 +1,10 @@
 """Writing the outputs of inference: masks per input, ``lesion_volumes.csv``, ``report.html``.
 
-:class:`MaskWriter` collects the per-slice probabilities of an evaluator. Per slice they are
-resized back to the slice's shape (bilinear) and thresholded: lesion where sigmoid(logit) >
-``threshold``. An input's outputs are written, and its slices freed, when its last slice arrives.
+:class:`MaskWriter` collects the per-slice probabilities of an evaluator, a batch at a time
+(:mod:`~pipeline.inference.slice_masks`): resized back to the slice's shape (bilinear) and
+thresholded, lesion where sigmoid(logit) > ``threshold``. When an input's last slice arrives its
+outputs are written on a background thread (:mod:`~pipeline.inference.background`) and its
+slices freed.
 
 Outputs under ``output_dir``, each written to a temporary file beside it and renamed: per input
 the mask in its (FLAIR's) geometry and, for a DICOM FLAIR series, a DICOM Segmentation
@@ -38,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 
 from pipeline.flags import truthy
 from pipeline.inference import report as report_html
+from pipeline.inference.background import BackgroundJobs
 from pipeline.inference.dicom_seg import write_seg
 from pipeline.inference.input_record import InferenceInput
 from pipeline.inference.lesion_stats import lesion_row, postprocess, write_csv
@@ -55,6 +57,7 @@ from pipeline.inference.mask_files import (
     write_mask_files,
 )
 from pipeline.inference.run_summary import FAILURES_NAME, InferenceFailed, log_summary, write_failures
+from pipeline.inference.slice_masks import batch_masks, batch_thumbnails, engine_batch
 
 __all__ = ["CSV_NAME", "FAILURES_NAME", "REPORT_NAME", "InferenceFailed", "MaskWriter"]
 
@@ -67,7 +70,7 @@ REPORT_NAME = "report.html"
 class MaskWriter:
     """Collect the per-slice probabilities of an evaluator and write each input's outputs when complete.
 
-    Attach it to the evaluator (``val_handlers``) or call :meth:`add` and :meth:`finish` directly.
+    Attach it to the evaluator (``val_handlers``) or call :meth:`add_batch` and :meth:`finish` directly.
 
     Args:
         inputs: the inputs of the :class:`pipeline.inference.workflow.SliceDataset`, same order.
@@ -79,6 +82,8 @@ class MaskWriter:
         model_info: the model's identity (:mod:`pipeline.inference.model_identity`), shown in
             the report and recorded in the DICOM Segmentations. Default None: all "unknown".
         dataset_dir: ``input_files`` in the CSV are relative to it. Default None: as found.
+        background: write each input's outputs on a background thread while the next input is
+            predicted (:mod:`~pipeline.inference.background`). Default True.
 
     Raises:
         ValueError: ``threshold`` out of range, or ``output_dir`` would overwrite input masks or
@@ -95,6 +100,7 @@ class MaskWriter:
         report: bool = True,
         model_info: Mapping[str, Any] | None = None,
         dataset_dir: str | os.PathLike | None = None,
+        background: bool = True,
     ):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), not {threshold}")
@@ -121,6 +127,7 @@ class MaskWriter:
         self._warned_skip = False
         self.skipped = frozenset(self._carry_over() if self.skip_existing else ())
         self.started = time.perf_counter()
+        self.jobs = BackgroundJobs(truthy(background))
 
     def _entry(self, inp: InferenceInput, status: str, row: dict | None = None, **extra: Any) -> None:
         self.entries[inp.name] = {
@@ -152,33 +159,57 @@ class MaskWriter:
             engine.add_event_handler(Events.STARTED, lambda _: setattr(self, "started", time.perf_counter()))
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
             engine.add_event_handler(Events.COMPLETED, lambda _: self.finish())
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
+
+    def exception_raised(self, engine: Engine, error: BaseException) -> None:
+        """The run dies: the inputs completed before are still written; then the error goes on."""
+        try:
+            self.jobs.drain()
+        except Exception:  # the run's own error is the one to report
+            logger.exception("Writing the outputs of an input failed while the run was ending")
+        raise error
 
     def iteration_completed(self, engine: Engine) -> None:
-        for item, output in zip(engine.state.batch, engine.state.output):
-            image = item.get("image")
-            self.add(
-                int(item["input"]),
-                int(item["slice"]),
-                output["pred"],
-                int(item["height"]),
-                int(item["width"]),
-                flair=None if image is None else image[1],
-                error=str(item.get("error", "") or ""),
-            )
+        self.add_batch(*engine_batch(engine.state.batch, engine.state.output))
+
+    def add_batch(
+        self,
+        indices: Sequence[int],
+        positions: Sequence[int],
+        probs: Any,
+        heights: Sequence[int],
+        widths: Sequence[int],
+        flairs: Any = None,
+        errors: Sequence[str] | None = None,
+    ) -> None:
+        """Slices of one batch: ``probs`` (B, 1, S, S) (or B per-slice arrays) resized back to
+        ``heights[k]`` x ``widths[k]`` and thresholded in one go (:mod:`~pipeline.inference.slice_masks`);
+        ``flairs`` the network's FLAIR channel per slice (for the montage), ``errors[k]`` set for a
+        placeholder slice that could not be read."""
+        errors = list(errors or [""] * len(indices))
+        masks = batch_masks(probs, list(zip(heights, widths)), self.threshold)
+        thumbs = [None] * len(indices)
+        if flairs is not None and self.report:
+            thumbs = batch_thumbnails(flairs, report_html.THUMBNAIL)
+        for k, index in enumerate(indices):
+            self._receive(int(index), int(positions[k]), masks[k], thumbs[k], errors[k])
 
     def add(
         self,
         index: int,
         position: int,
-        prob: torch.Tensor,
+        prob: Any,
         height: int,
         width: int,
         flair: Any = None,
         error: str = "",
     ) -> None:
-        """One slice: probabilities ((1, S, S) or (S, S)) resized back to ``height`` x ``width``;
-        ``flair`` the network's FLAIR channel of the slice (for the montage), ``error`` set for a
-        placeholder slice that could not be read."""
+        """One slice ((1, S, S) or (S, S) probabilities): :meth:`add_batch` of a batch of one."""
+        self.add_batch(
+            [index], [position], [prob], [height], [width], None if flair is None else [flair], [error]
+        )
+
+    def _receive(self, index: int, position: int, mask: np.ndarray, thumb: Any, error: str) -> None:
         inp = self.inputs[index]
         if inp.name in self.skipped:
             if not self._warned_skip:
@@ -193,43 +224,43 @@ class MaskWriter:
         if error:
             self.errors.setdefault(index, error)
         elif index not in self.errors:
-            self._store(index, inp, position, prob, height, width, flair)
+            self._store(index, inp, position, mask, thumb)
         if self.received[index] == inp.n_slices:
             self._complete(index)
 
-    def _store(
-        self, index: int, inp: InferenceInput, position: int, prob: Any, height: int, width: int, flair: Any
-    ) -> None:
-        prob = torch.as_tensor(prob).detach().float().cpu().reshape(1, 1, *prob.shape[-2:])
-        if tuple(prob.shape[-2:]) != (height, width):
-            prob = torch.nn.functional.interpolate(
-                prob, size=(height, width), mode="bilinear", align_corners=False
-            )
-        masks = self.pending.setdefault(index, np.zeros((inp.n_slices, height, width), dtype=np.uint8))
-        if masks.shape[1:] != (height, width):
+    def _store(self, index: int, inp: InferenceInput, position: int, mask: np.ndarray, thumb: Any) -> None:
+        masks = self.pending.setdefault(index, np.zeros((inp.n_slices, *mask.shape), dtype=np.uint8))
+        if masks.shape[1:] != mask.shape:
             self.errors[index] = (
-                f"slice {position + 1} of {inp.path} is {height} x {width} pixels, the first one "
-                f"{masks.shape[1]} x {masks.shape[2]}: a patient's slices must all have one size"
+                f"slice {position + 1} of {inp.path} is {mask.shape[0]} x {mask.shape[1]} pixels, the "
+                f"first one {masks.shape[1]} x {masks.shape[2]}: a patient's slices must all have one size"
             )
             return
-        masks[position] = (prob[0, 0] > self.threshold).numpy()
-        if flair is not None and self.report:
-            thumb = report_html.flair_thumbnail(flair)
+        masks[position] = mask
+        if thumb is not None:
             thumbs = self.flair.setdefault(index, np.zeros((inp.n_slices, *thumb.shape), dtype=np.float16))
             if thumbs.shape[1:] == thumb.shape:
                 thumbs[position] = thumb
 
     def _complete(self, index: int) -> None:
+        """Hand the input's outputs to the background thread; what its :meth:`_write` needs must be
+        taken here (a subclass holding more per input passes it on, not in ``self``)."""
         inp = self.inputs[index]
         masks, thumbs = self.pending.pop(index, None), self.flair.pop(index, None)
         error = self.errors.pop(index, "")
-        if not error:
-            try:
-                self._write(inp, masks, thumbs)
-                return
-            except Exception as failure:  # the run goes on; finish() reports it
-                logger.debug("Writing the outputs of %s failed", inp.name, exc_info=True)
-                error = f"writing the outputs failed: {type(failure).__name__}: {failure}"
+        if error:
+            self._record_failure(inp, error)
+        else:  # written while the network goes on with the next input
+            self.jobs.submit(lambda: self._write_or_record(inp, masks, thumbs))
+
+    def _write_or_record(self, inp: InferenceInput, masks: np.ndarray, thumbs: np.ndarray | None) -> None:
+        try:
+            self._write(inp, masks, thumbs)
+        except Exception as failure:  # the run goes on; finish() reports it
+            logger.debug("Writing the outputs of %s failed", inp.name, exc_info=True)
+            self._record_failure(inp, f"writing the outputs failed: {type(failure).__name__}: {failure}")
+
+    def _record_failure(self, inp: InferenceInput, error: str) -> None:
         self.failed[inp.name] = error
         self._entry(inp, "failed")
         logger.error("%s not segmented: %s", inp.name, error)
@@ -268,6 +299,7 @@ class MaskWriter:
             InferenceFailed: some input failed (after everything else is written).
         """
         self.finished = True
+        self.jobs.drain()  # every input's outputs written before the CSV and report
         for index, inp in enumerate(self.inputs):
             if inp.name not in self.rows and inp.name not in self.failed:
                 got = self.received.get(index, 0)
