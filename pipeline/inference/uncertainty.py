@@ -6,11 +6,15 @@ and :func:`mask_writer` return inference's own :class:`~pipeline.inference.tta.F
 the speed are those of a run without it. With "tta", "mc_dropout" or "ensemble" (the samples of
 :mod:`pipeline.evaluation.uncertainty`):
 
-- :class:`UncertaintyInferer` gives 4 channels per slice: the mask's logit (the run's own, with or
-  without ``tta``: the uncertainty never changes the mask) and the maps variance, entropy, votes;
-  :class:`MaskSigmoidd` applies the sigmoid to the first only.
-- :class:`UncertaintyMaskWriter` resizes the maps back to each slice's shape (bilinear, like the
-  probabilities) and, when an input is complete, writes ``<name>_uncertainty.nii.gz`` (the
+- :class:`UncertaintyInferer` gives 1 + S channels per slice: the mask's logit (the run's own,
+  with or without ``tta``: the uncertainty never changes the mask) and the S samples'
+  probabilities; :class:`MaskSigmoidd` applies the sigmoid to the first only.
+- :class:`UncertaintyMaskWriter` resizes every sample back to the slice's shape (bilinear, like
+  the mask's probabilities) and computes the maps there
+  (:func:`pipeline.evaluation.uncertainty.uncertainty_maps`, ``votes`` at the mask's threshold):
+  each sample's mask is then made by the mask's own rule, so samples that agree give a map and
+  scores of exactly 0 at any resolution (resizing the maps instead would blur ``votes`` at every
+  lesion border). When an input is complete it writes ``<name>_uncertainty.nii.gz`` (the
   variance) and ``<name>_uncertainty.json`` (:mod:`pipeline.inference.uncertainty_files`),
   computes the scores on the mask as written (after ``largest_component``), and adds to its
   ``lesion_volumes.csv`` row ``uncertainty_disagreement``, ``uncertainty_entropy`` (4 decimals)
@@ -56,18 +60,17 @@ from pipeline.inference.writers import MaskWriter
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCORE = "disagreement"
-DEFAULT_THRESHOLD = 0.2
-CHANNELS = 4  # the mask's probability, then the maps variance, entropy, votes
+DEFAULT_THRESHOLD = 0.05  # the demo model's validation patients, flag rate 0.2 (README)
+MIN_CHANNELS = 3  # the mask's probability, then at least 2 samples
 
 
 class UncertaintyInferer(Inferer):
-    """The mask's logit and the uncertainty maps of the samples, (B, 4, H, W).
+    """The mask's logit and the samples' probabilities, (B, 1 + S, H, W).
 
     Args:
         uncertainty: "tta", "mc_dropout" or "ensemble" (:mod:`pipeline.evaluation.uncertainty`).
         tta: the mask's logit is the flip average (inference's ``--tta``). Default False.
         mc_samples: passes of "mc_dropout". Default 8.
-        threshold: the probability threshold of the ``votes`` map (the mask's). Default 0.5.
 
     Raises:
         ValueError: ``uncertainty`` null or unknown, or ``mc_samples`` below 2.
@@ -78,7 +81,6 @@ class UncertaintyInferer(Inferer):
         uncertainty: str,
         tta: bool | str = False,
         mc_samples: int = DEFAULT_MC_SAMPLES,
-        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         self.uncertainty = uncertainty_method(uncertainty)
@@ -86,7 +88,6 @@ class UncertaintyInferer(Inferer):
             raise ValueError("UncertaintyInferer needs an uncertainty method; use FlipTTA without one")
         self.tta = truthy(tta)
         self.mc_samples = check_mc_samples(mc_samples)
-        self.threshold = float(threshold)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs
@@ -95,7 +96,7 @@ class UncertaintyInferer(Inferer):
             self.uncertainty, inputs, network, self.tta, self.mc_samples, *args, **kwargs
         )
         mask = (plain + flip) / 2 if self.tta else plain
-        return torch.cat([mask.float(), uncertainty_maps(samples, self.threshold)], dim=1)
+        return torch.cat([mask.float(), samples[:, :, 0].transpose(0, 1)], dim=1)
 
 
 class MaskSigmoidd(MapTransform):
@@ -118,14 +119,13 @@ def inferer(
     tta: bool | str = False,
     uncertainty: str | None = None,
     mc_samples: int = DEFAULT_MC_SAMPLES,
-    threshold: float = 0.5,
 ) -> Inferer:
     """inference.json's ``inferer``: :class:`FlipTTA` without ``uncertainty``, else
     :class:`UncertaintyInferer` (arguments as there)."""
     method = uncertainty_method(uncertainty)
     if method is None:
         return FlipTTA(tta)
-    return UncertaintyInferer(method, tta, mc_samples, threshold)
+    return UncertaintyInferer(method, tta, mc_samples)
 
 
 def postprocessing(keys: str = "pred", uncertainty: str | None = None) -> MapTransform:
@@ -143,9 +143,7 @@ class UncertaintyMaskWriter(MaskWriter):
         inputs, output_dir, threshold: as for :class:`MaskWriter`.
         uncertainty: "tta", "mc_dropout" or "ensemble", the inferer's. Default "tta".
         uncertainty_score: the score flagged, one of "disagreement" (default) and "entropy".
-        uncertainty_threshold: flag an input whose score is above it. Default 0.2.
-        mc_samples: the inferer's, recorded as the samples of "mc_dropout" (2 for "tta"; an
-            ensemble's are its members, not recorded). Default 8.
+        uncertainty_threshold: flag an input whose score is above it. Default 0.05.
         **options: the other arguments of :class:`MaskWriter`.
 
     Raises:
@@ -160,7 +158,6 @@ class UncertaintyMaskWriter(MaskWriter):
         uncertainty: str = "tta",
         uncertainty_score: str = DEFAULT_SCORE,
         uncertainty_threshold: float = DEFAULT_THRESHOLD,
-        mc_samples: int = DEFAULT_MC_SAMPLES,
         **options: Any,
     ) -> None:
         self.method = uncertainty_method(uncertainty)
@@ -174,7 +171,7 @@ class UncertaintyMaskWriter(MaskWriter):
         self.score_threshold = check_score_threshold(uncertainty_threshold)
         if self.score_threshold is None:
             raise ValueError("uncertainty_threshold must be a number with uncertainty on, not null")
-        self.samples = {"tta": 2, "mc_dropout": check_mc_samples(mc_samples)}.get(self.method)
+        self.samples: dict[str, int] = {}
         self.maps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         super().__init__(inputs, output_dir, threshold, **options)
 
@@ -203,16 +200,16 @@ class UncertaintyMaskWriter(MaskWriter):
         flairs: Any = None,
         errors: Sequence[str] | None = None,
     ) -> None:
-        """:meth:`MaskWriter.add_batch` of slices whose ``probs[k]`` is (4, S, S): the mask's
-        probability, then the maps (held for :meth:`_write`). A slice of another channel count
-        fails its input, naming the inferer to use."""
+        """:meth:`MaskWriter.add_batch` of slices whose ``probs[k]`` is (1 + S, H, W): the mask's
+        probability, then the samples' (their maps held for :meth:`_write`). A slice without
+        samples fails its input, naming the inferer to use."""
         errors = list(errors or [""] * len(indices))
         for k, index in enumerate(indices):
             inp, values = self.inputs[int(index)], torch.as_tensor(probs[k])
-            if values.ndim != 3 or values.shape[0] != CHANNELS:
+            if values.ndim != 3 or values.shape[0] < MIN_CHANNELS:
                 errors[k] = errors[k] or (
-                    f"the inferer gave {tuple(values.shape)} per slice, uncertainty needs {CHANNELS} "
-                    "channels (pipeline.inference.uncertainty.inferer with the same uncertainty)"
+                    f"the inferer gave {tuple(values.shape)} per slice, uncertainty needs the mask and at "
+                    "least 2 samples (pipeline.inference.uncertainty.inferer with the same uncertainty)"
                 )
             elif inp.name not in self.skipped and not errors[k] and int(index) not in self.errors:
                 self._store_maps(inp, int(positions[k]), values[1:], int(heights[k]), int(widths[k]))
@@ -224,15 +221,18 @@ class UncertaintyMaskWriter(MaskWriter):
         for index in set(indices):  # an input that failed while reading frees its maps now
             if self.inputs[int(index)].name in self.failed:
                 self.maps.pop(self.inputs[int(index)].name, None)
+                self.samples.pop(self.inputs[int(index)].name, None)
 
     def _store_maps(
-        self, inp: InferenceInput, position: int, maps: torch.Tensor, height: int, width: int
+        self, inp: InferenceInput, position: int, samples: torch.Tensor, height: int, width: int
     ) -> None:
-        maps = maps.detach().float().cpu()[None]
-        if tuple(maps.shape[-2:]) != (height, width):
-            maps = torch.nn.functional.interpolate(
-                maps, size=(height, width), mode="bilinear", align_corners=False
+        samples = samples.detach().float().cpu()[None]
+        if tuple(samples.shape[-2:]) != (height, width):
+            samples = torch.nn.functional.interpolate(
+                samples, size=(height, width), mode="bilinear", align_corners=False
             )
+        self.samples[inp.name] = samples.shape[1]
+        maps = uncertainty_maps(samples.transpose(0, 1)[:, :, None], self.threshold)
         held = self.maps.get(inp.name)
         if held is None:
             shape = (inp.n_slices, height, width)
@@ -247,7 +247,8 @@ class UncertaintyMaskWriter(MaskWriter):
         variance, entropy, votes = self.maps.pop(inp.name)
         scores = patient_scores(postprocess(masks, self.largest_component), entropy, votes)
         uncertainty_files.write_map(inp, variance, self.output_dir)
-        uncertainty_files.write_scores(inp, self.output_dir, self.method, self.samples, scores)
+        samples = self.samples.pop(inp.name, None)
+        uncertainty_files.write_scores(inp, self.output_dir, self.method, samples, scores)
         super()._write(inp, masks, thumbs)
         self._add_scores(inp, scores)
 
@@ -270,6 +271,7 @@ class UncertaintyMaskWriter(MaskWriter):
             return super().finish()
         finally:
             self.maps.clear()
+            self.samples.clear()
 
 
 def mask_writer(
@@ -280,7 +282,7 @@ def mask_writer(
     :class:`UncertaintyMaskWriter`."""
     method = uncertainty_method(options.pop("uncertainty", None))
     if method is None:
-        for key in ("uncertainty_score", "uncertainty_threshold", "mc_samples"):
+        for key in ("uncertainty_score", "uncertainty_threshold"):
             options.pop(key, None)
         return MaskWriter(inputs, output_dir, threshold, **options)
     return UncertaintyMaskWriter(inputs, output_dir, threshold, uncertainty=method, **options)

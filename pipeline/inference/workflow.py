@@ -131,7 +131,7 @@ def run_inference(
             input's uncertainty map and scores (:mod:`pipeline.inference.uncertainty`).
         mc_samples: the passes of "mc_dropout". Default 8.
         uncertainty_score, uncertainty_threshold: an input is flagged when this score is above
-            the threshold. Default "disagreement", 0.2.
+            the threshold. Default "disagreement", 0.05.
 
     Returns:
         The path of ``lesion_volumes.csv``.
@@ -176,9 +176,7 @@ def segment_inputs(
 ) -> Path:
     """:func:`run_inference` on inputs already found (``writer_options``: those of :class:`MaskWriter`
     and, with ``uncertainty``, of :class:`pipeline.inference.uncertainty.UncertaintyMaskWriter`)."""
-    writer = mask_writer(
-        inputs, output_dir, threshold, uncertainty=uncertainty, mc_samples=mc_samples, **writer_options
-    )
+    writer = mask_writer(inputs, output_dir, threshold, uncertainty=uncertainty, **writer_options)
     method = uncertainty_method(uncertainty)
     preprocessing = image_preprocessing(image_size, training_config)
     dataset = SliceDataset(inputs, preprocessing, skip=writer.skipped)
@@ -186,9 +184,7 @@ def segment_inputs(
         device=torch.device(device),
         val_data_loader=DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0),
         network=network.to(device),
-        inferer=SimpleInferer()
-        if method is None
-        else UncertaintyInferer(method, False, mc_samples, threshold),
+        inferer=SimpleInferer() if method is None else UncertaintyInferer(method, False, mc_samples),
         postprocessing=postprocessing("pred", method),
         val_handlers=[writer],
     )
