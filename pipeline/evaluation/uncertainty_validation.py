@@ -3,7 +3,7 @@
 For each score of :mod:`pipeline.evaluation.uncertainty` and each post-processing option,
 evaluate.json (``uncertainty`` set) reports over the evaluated patients (:func:`validate_score`):
 
-- ``spearman`` (and ``spearman_p``, ``n_correlated``): Spearman's rank correlation
+- ``spearman`` (and ``spearman_p``): Spearman's rank correlation
   (``scipy.stats.spearmanr``) between the score and the patient's per-volume Dice, over the
   patients whose Dice is defined. A useful score has a clearly negative one: the more
   uncertain, the worse the mask. None with fewer than 3 such patients or a constant score.
@@ -11,11 +11,13 @@ evaluate.json (``uncertainty`` set) reports over the evaluated patients (:func:`
   on the evaluated (validation) patients as the ``1 - flag_rate`` quantile of their scores
   (numpy's linear interpolation), so that about ``flag_rate`` of them (default 0.2) are flagged
   for a careful review; or the threshold given (``uncertainty_threshold``), to measure the one
-  inference uses. ``n_flagged``.
-- ``dice_all``, ``dice_unflagged``, ``dice_flagged``: the per-volume Dice
-  (:func:`pipeline.evaluation.metrics.summarize`: mean, median, counts) of all patients, of those
-  not flagged and of those flagged. A score that works gives ``dice_unflagged`` above
-  ``dice_all``.
+  inference uses.
+- ``dice_unflagged``, ``dice_flagged``: the per-volume Dice
+  (:func:`pipeline.evaluation.metrics.summarize`: mean, median, counts) of the patients not
+  flagged and of those flagged. A score that works gives ``dice_unflagged`` above the option's
+  ``dice`` (all patients).
+- ``counts``: ``correlated`` (patients in the correlation) and ``flagged``; in a dict, so that
+  MLflow does not log them as metrics.
 
 The figures go into the option's aggregates as ``uncertainty_<score>_<figure>`` (so MLflow logs
 them as ``eval_<option>_uncertainty_<score>_<figure>[_mean|_median]``) and the per-patient scores
@@ -42,7 +44,7 @@ NOTE = (
     "per-volume Dice over the patients with a defined Dice (negative: the more uncertain, the worse the "
     "mask); a patient is flagged when its score is above uncertainty_<score>_threshold (the 1 - "
     "flag_rate quantile of these patients' scores unless a threshold was given); dice_unflagged above "
-    "dice_all means flagging removes the worse masks. Scores: disagreement = 1 - the Dice expected "
+    "the option's dice means flagging removes the worse masks. Scores: disagreement = 1 - the Dice expected "
     "between the samples' masks and the mask; entropy = mean binary entropy (bits) of the mean sample "
     "probability over the voxels the mask or any sample calls lesion."
 )
@@ -119,11 +121,8 @@ def validate_score(
     return {
         "spearman": rho,
         "spearman_p": p_value,
-        "n_correlated": n,
         "threshold": None if threshold is None else float(threshold),
-        "flag_rate": check_flag_rate(flag_rate),
-        "n_flagged": int(flagged.sum()),
-        "dice_all": summarize(dice_array),
+        "counts": {"correlated": n, "flagged": int(flagged.sum())},
         "dice_unflagged": summarize(dice_array[~flagged]),
         "dice_flagged": summarize(dice_array[flagged]),
     }
@@ -170,11 +169,11 @@ def log_figures(summary: dict) -> None:
                 name,
                 _text(got["spearman"], "+.3f"),
                 _text(got["spearman_p"], ".3g"),
-                got["n_correlated"],
+                got["counts"]["correlated"],
                 _text(got["threshold"], ".4g"),
-                got["n_flagged"],
+                got["counts"]["flagged"],
                 _text(got["dice_unflagged"]["mean"]),
-                _text(got["dice_all"]["mean"]),
+                _text(figures["dice"]["mean"]),
                 _text(got["dice_flagged"]["mean"]),
             )
 

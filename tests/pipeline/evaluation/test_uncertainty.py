@@ -164,10 +164,9 @@ def test_rank_correlation_and_flagging_against_scipy_and_by_hand():
     finite = [0.1, 0.5, 0.2, 0.9, 0.3, 0.05]
     assert flag_threshold(scores, 0.2) == pytest.approx(np.quantile(finite, 0.8))
     figures = validate_score(scores[:6], dice[:6], threshold=0.4)
-    assert figures["n_flagged"] == 2  # 0.5 and 0.9
+    assert figures["counts"] == {"correlated": 5, "flagged": 2}  # 0.5 and 0.9 flagged
     assert figures["dice_unflagged"]["mean"] == pytest.approx(np.mean([0.9, 0.85, 0.95]))
     assert figures["dice_flagged"]["mean"] == pytest.approx(np.mean([0.4, 0.2]))
-    assert figures["dice_all"]["mean"] == pytest.approx(np.mean([0.9, 0.4, 0.85, 0.2, 0.95]))
 
 
 def _patient(prob: np.ndarray, truth: np.ndarray, votes: np.ndarray) -> dict[int, dict]:
@@ -206,7 +205,7 @@ def test_evaluate_volumes_reports_the_scores_their_correlation_and_flags():
     reference = stats.spearmanr(disagreement, dice)
     assert figures["uncertainty_disagreement_spearman"] == pytest.approx(reference.statistic)
     assert figures["uncertainty_disagreement_spearman"] == pytest.approx(-1.0)
-    assert figures["uncertainty_disagreement_n_flagged"] == 1
+    assert figures["uncertainty_disagreement_counts"] == {"correlated": 4, "flagged": 1}
     assert figures["uncertainty_disagreement_dice_unflagged"]["mean"] == pytest.approx(np.mean(dice[:3]))
     assert figures["uncertainty_entropy_spearman"] is None  # a constant entropy map: no ranking
     assert summary["cases"][3]["metrics"]["threshold"]["uncertainty_disagreement_flagged"] is True
