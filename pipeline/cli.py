@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "import-bundle": ("pipeline.export.safe_import", "unpack a received bundle .zip safely and verify it"),
     "crossval": ("pipeline.evaluation.crossval", "patient-level k-fold cross-validation, pooled out of fold"),
+    "ensemble-gain": (
+        "pipeline.inference.ensemble_gain",
+        "a cross-validation's fold ensemble against its single fold models on held-out patients",
+    ),
 }
 
 
