@@ -212,3 +212,21 @@ def test_inference_json_wires_uncertainty_only_when_set():
     assert isinstance(inferer, UncertaintyInferer) and isinstance(post, MaskSigmoidd)
     probabilities = post({"pred": torch.tensor([[[0.0]], [[0.2]], [[0.3]], [[1.0]]])})["pred"]
     torch.testing.assert_close(probabilities.flatten(), torch.tensor([0.5, 0.2, 0.3, 1.0]))
+
+
+def test_ensemble_members_are_the_samples(tmp_path):
+    from pipeline.inference.ensemble import FoldEnsemble
+
+    data = tmp_path / "in"
+    write_nifti(data / "scan.nii.gz")
+    same = FoldEnsemble([LeaningRight(), LeaningRight()])
+    other = FoldEnsemble([LeaningRight(), BrightFlair()])
+
+    run_inference(data, same, tmp_path / "same", image_size=32, uncertainty="ensemble")
+    run_inference(data, other, tmp_path / "other", image_size=32, uncertainty="ensemble")
+
+    assert np.count_nonzero(np.asarray(nib.load(tmp_path / "same" / "scan_uncertainty.nii.gz").dataobj)) == 0
+    assert np.asarray(nib.load(tmp_path / "other" / "scan_uncertainty.nii.gz").dataobj).max() > 0
+    assert json.loads((tmp_path / "other" / "scan_uncertainty.json").read_text())["samples"] == 2
+    with pytest.raises(ValueError, match="fold ensemble"):
+        run_inference(data, LeaningRight(), tmp_path / "single", image_size=32, uncertainty="ensemble")
