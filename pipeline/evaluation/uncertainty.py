@@ -9,12 +9,15 @@ Decisions:
 - **Samples** (``uncertainty``, :data:`METHODS`), each a probability map of the slice:
 
   - ``"tta"``: the network and its horizontal flip, ``sigmoid(network(x))`` and
-    ``sigmoid(flip(network(flip(x))))``: 2 samples, no forward pass beyond ``--tta``'s.
+    ``sigmoid(flip(network(flip(x))))``: 2 samples, one forward pass more per slice than
+    without uncertainty (none more than ``--tta true``).
   - ``"mc_dropout"``: ``mc_samples`` passes with only the network's Dropout modules in training
     mode (Gal & Ghahramani 2016); every other module (batch norm included) stays as it was, and
     the Dropout modules get their mode back afterwards, also after an error. Refused for a
-    network without dropout (the demo models are trained with dropout 0).
-  - ``"ensemble"``: one sample per member of a fold ensemble (the network's ``members``).
+    network without dropout (the demo models are trained with dropout 0). Costs ``mc_samples``
+    forward passes per slice on top of the mask's.
+  - ``"ensemble"``: one sample per member of a fold ensemble (the network's ``members``); the
+    members run once, for the samples and the ensemble's logit (:func:`ensemble_logit`).
 
   The mask is never changed by the uncertainty: it is the prediction of the run without it
   (the network's logits, or the flip average with ``tta``), so the Dice evaluate.json reports
@@ -27,8 +30,9 @@ Decisions:
 - **Scores** per patient (:data:`SCORES`), from the written mask M and the maps over the whole
   volume; both are 0 when the mask and every sample are empty:
 
-  - ``disagreement``: 1 minus the expected Dice between the samples' masks and M, pooled over
-    samples: ``1 - 2 sum_M(votes) / (sum(votes) + |M|)``; 0 when every sample's mask is M.
+  - ``disagreement``: 1 minus the Dice between the samples' masks m_s and M, pooled over the
+    samples, ``2 sum_s |m_s & M| / sum_s (|m_s| + |M|)``, which is
+    ``1 - 2 sum_M(votes) / (sum(votes) + |M|)``; 0 when every sample's mask is M, in [0, 1].
   - ``entropy``: the mean ``entropy`` over the voxels that M or any sample calls lesion (a
     mean over the predicted lesion, widened to the voxels where the samples disagree, so a
     patient with an empty mask but lesions in some samples is not scored 0).
