@@ -101,13 +101,7 @@ class FoldEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, H, W) logits; H and W as each member requires."""
-        total = torch.zeros(0)
-        count = 0
-        for member in self.members:
-            probability = torch.sigmoid(member(x))
-            total = probability if count == 0 else total + probability
-            count += 1
-        mean = torch.clamp(total / count, self.eps, 1.0 - self.eps)
+        mean = torch.clamp(self.member_probabilities(x).mean(dim=0), self.eps, 1.0 - self.eps)
         return torch.log(mean) - torch.log1p(-mean)
 
 
