@@ -160,7 +160,14 @@ def crossval_folder(crossval: str | Path) -> str:
     set): the cross-validation folder ``<output_root>/crossval/<name>``.
 
     Raises:
-        ValueError: ``crossval`` is not a cross-validation or fold run folder.
+        ValueError: ``crossval`` is not a cross-validation or fold run folder (a list of checkpoints
+            is for :func:`pipeline.inference.ensemble.fold_ensemble` in Python, not for the configs).
     """
+    if not isinstance(crossval, str | Path):
+        raise ValueError(
+            f"crossval {crossval!r}: the configs take a cross-validation folder (--crossval "
+            "outputs/crossval/<name>); to average other checkpoints use "
+            "pipeline.inference.ensemble.fold_ensemble([...]) in Python"
+        )
     name, root = _where(crossval)
     return str(root / "crossval" / name)
