@@ -125,6 +125,8 @@ def test_the_folds_are_found_from_the_crossval_or_a_fold_run_folder(tmp_path, mo
     assert crossval_folder(outputs / "runs" / f"{NAME}-fold1") == str(outputs.resolve() / "crossval" / NAME)
     with pytest.raises(ValueError, match="neither a cross-validation folder"):
         crossval_folds(tmp_path)
+    with pytest.raises(ValueError, match="the configs take a cross-validation folder"):
+        crossval_folder([str(c) for c in found.checkpoints])
 
 
 def test_evaluation_refuses_patients_the_folds_have_seen(tmp_path, models):
