@@ -21,6 +21,7 @@ from pipeline.evaluation.uncertainty import (
     uncertainty_maps,
     uncertainty_method,
 )
+from pipeline.flags import truthy
 
 
 class FlipTTAInferer(Inferer):
@@ -33,7 +34,8 @@ class FlipTTAInferer(Inferer):
     samples; the two logit channels are unchanged.
 
     Args:
-        tta: compute the flipped pass; with False channel 1 repeats channel 0. Default True.
+        tta: compute the flipped pass; with False channel 1 repeats channel 0. Default True. The
+            strings of the bundle command line ("true", "false") are accepted.
         uncertainty: None (default: no maps), "tta", "mc_dropout" or "ensemble"
             (:func:`pipeline.evaluation.uncertainty.uncertainty_method`).
         mc_samples: passes of "mc_dropout". Default 8.
@@ -48,7 +50,7 @@ class FlipTTAInferer(Inferer):
         threshold: float = 0.5,
     ) -> None:
         super().__init__()
-        self.tta = tta
+        self.tta = truthy(tta)
         self.uncertainty = uncertainty_method(uncertainty)
         self.mc_samples = check_mc_samples(mc_samples)
         self.threshold = float(threshold)

@@ -90,6 +90,8 @@ def test_tta_maps_are_zero_for_a_flip_symmetric_network_and_leave_the_logits_unc
         ramp = FlipTTAInferer(tta=False, uncertainty="tta")(x, Columns())
     assert ramp[:, 2].max() > 0.1  # the flipped ramp disagrees
     torch.testing.assert_close(ramp[:, 1], ramp[:, 0])  # tta false: no flip average in the logits
+    with torch.no_grad():  # the command line's --tta false arrives as a string
+        torch.testing.assert_close(FlipTTAInferer(tta="false")(x, Columns())[:, 1], Columns()(x)[:, 0])
 
 
 def test_identical_ensemble_members_give_zero_variance_and_the_ensemble_logit():
