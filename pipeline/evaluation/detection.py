@@ -75,6 +75,13 @@ def component_sizes(mask3d: Any, connectivity: int = 1) -> np.ndarray:
         )
     if not mask.any():
         return np.zeros(0, dtype=np.int64)
+    # labelled within the mask's bounding box (a lesion's box is a small part of a volume),
+    # narrowed one axis at a time so each projection reads only what is left
+    for axis in range(mask.ndim):
+        moved = np.moveaxis(mask, axis, 0)
+        hit = moved.reshape(moved.shape[0], -1).any(axis=1)
+        first, last = int(np.argmax(hit)), len(hit) - int(np.argmax(hit[::-1]))
+        mask = mask[(slice(None),) * axis + (slice(first, last),)]
     labels, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, connectivity))
     return np.sort(np.bincount(labels.ravel())[1:])[::-1]
 

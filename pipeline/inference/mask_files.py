@@ -103,7 +103,8 @@ def _write_nifti(path: Path, mask_ijk: np.ndarray, affine: np.ndarray, header: A
     if header is not None:
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
-    image = nib.Nifti1Image(np.ascontiguousarray(mask_ijk, dtype=np.uint8), affine, header)
+    # the (i, j, k) view of a (k, j, i) array is Fortran-ordered, the order NIfTI stores: no copy
+    image = nib.Nifti1Image(np.asarray(mask_ijk, dtype=np.uint8), affine, header)
     write_atomically(path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
 
 

@@ -176,3 +176,17 @@ def test_aggregates_without_lesion_free_patients_leave_specificity_undefined() -
     # without lesion-free patients the selection score is the per-volume Dice
     assert out["fp_aware_dice"]["mean"] == pytest.approx(0.7) == out["lesion_dice"]["mean"]
     assert detection.detection_aggregates([_record(math.nan, False, False, 0, 0)])["sensitivity"] is None
+
+
+@pytest.mark.parametrize("connectivity", [1, 2, 3])
+def test_component_sizes_equal_scipys_labelling_of_the_whole_volume(connectivity):
+    """Labelled within the mask's bounding box, the sizes are those of labelling the whole volume."""
+    rng = np.random.default_rng(connectivity)
+    for _ in range(100):
+        mask = np.zeros((rng.integers(1, 10), rng.integers(1, 25), rng.integers(1, 25)), dtype=bool)
+        for _ in range(rng.integers(1, 5)):
+            z, y, x = (rng.integers(0, s) for s in mask.shape)
+            mask[z : z + rng.integers(1, 4), y : y + rng.integers(1, 6), x : x + rng.integers(1, 6)] = True
+        labels, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, connectivity))
+        expected = np.sort(np.bincount(labels.ravel())[1:])[::-1]
+        np.testing.assert_array_equal(detection.component_sizes(mask, connectivity), expected)
