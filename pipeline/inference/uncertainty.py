@@ -12,9 +12,9 @@ the speed are those of a run without it. With "tta", "mc_dropout" or "ensemble" 
 - :class:`UncertaintyMaskWriter` resizes every sample back to the slice's shape (bilinear, like
   the mask's probabilities) and computes the maps there
   (:func:`pipeline.evaluation.uncertainty.uncertainty_maps`, ``votes`` at the mask's threshold):
-  each sample's mask is then made by the mask's own rule, so samples that agree give a map and
-  scores of exactly 0 at any resolution (resizing the maps instead would blur ``votes`` at every
-  lesion border). When an input is complete it writes ``<name>_uncertainty.nii.gz`` (the
+  each sample's mask is then made by the mask's own rule, so samples that agree give a variance
+  map and a disagreement of exactly 0 at any resolution (resizing the maps instead would blur
+  ``votes`` at every lesion border). When an input is complete it writes ``<name>_uncertainty.nii.gz`` (the
   variance) and ``<name>_uncertainty.json`` (:mod:`pipeline.inference.uncertainty_files`),
   computes the scores on the mask as written (after ``largest_component``), and adds to its
   ``lesion_volumes.csv`` row ``uncertainty_disagreement``, ``uncertainty_entropy`` (4 decimals)
@@ -100,7 +100,7 @@ class UncertaintyInferer(Inferer):
 
 
 class MaskSigmoidd(MapTransform):
-    """Sigmoid of channel 0 (the mask's logit) of each key; the other channels (maps) as they are.
+    """Sigmoid of channel 0 (the mask's logit) of each key; the others (samples' probabilities) kept.
 
     Args:
         keys: the keys to transform, e.g. "pred".
