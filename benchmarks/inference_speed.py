@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
@@ -12,9 +15,15 @@ from benchmarks.common import CONFIGS, record, say
 
 
 # -- 4. inference ---------------------------------------------------------------------------------
-def bench_inference(root: Path, data_dir: Path, patients: int, size: str = "demo") -> float:
+def bench_inference(
+    root: Path, data_dir: Path, patients: int, size: str = "demo", weights: dict | None = None
+) -> float:
     """inference.json's slices/s against a bare forward; ``size`` "demo" (demo.json's network at
-    128 px) or "full" (train.json's network at 256 px). Returns the ratio."""
+    128 px) or "full" (train.json's network at 256 px). Returns the ratio.
+
+    ``weights``: a state dict for the network (the one section 3 trained for a few steps), so that
+    the masks, and the writer's work, look like a model's; None: seeded untrained weights, whose
+    masks are nearly empty or nearly full. The share of lesion voxels is printed either way."""
     subset = root / f"inference_input_{patients}"
     subset.mkdir(parents=True, exist_ok=True)
     for folder in sorted(data_dir.glob("TCGA_*"))[:patients]:
@@ -46,6 +55,8 @@ def bench_inference(root: Path, data_dir: Path, patients: int, size: str = "demo
     torch.manual_seed(0)
     side = parser.get_parsed_content("image_size")
     network = parser.get_parsed_content("network").eval()
+    if weights is not None:
+        network.load_state_dict(weights)
     batch_size = parser.get_parsed_content("batch_size")
     slices = sum(inp.n_slices for inp in parser.get_parsed_content("inputs"))
     images = torch.rand(batch_size, 3, side, side)
@@ -60,6 +71,8 @@ def bench_inference(root: Path, data_dir: Path, patients: int, size: str = "demo
     def bundle_seconds() -> float:
         torch.manual_seed(0)
         evaluator = parsed().get_parsed_content("evaluator")
+        if weights is not None:
+            evaluator.network.load_state_dict(weights)
         start = time.perf_counter()
         evaluator.run()
         return time.perf_counter() - start
@@ -72,9 +85,15 @@ def bench_inference(root: Path, data_dir: Path, patients: int, size: str = "demo
         bare_times.append(bare_seconds())
         bundle_times.append(bundle_seconds())
     ours, bare = slices / min(bundle_times), slices / min(bare_times)
+    written = root / f"inference_output_{size}"
+    with open(written / "lesion_volumes.csv") as table:
+        lesion = sum(int(row["lesion_voxels"]) for row in csv.DictReader(table))
+    voxels = sum(int(np.prod(nib.load(path).shape)) for path in written.glob("*_mask.nii.gz"))
     say(
         f"  inference.json ({size} network, {side} px, batch {batch_size}), {slices} slices of {patients} "
-        f"patients, read + preprocess + predict + write masks: {ours:.1f} slices/s"
+        f"patients, read + preprocess + predict + write masks: {ours:.1f} slices/s "
+        f"({'partly trained' if weights is not None else 'untrained'} weights: "
+        f"{lesion / voxels:.1%} of voxels lesion)"
     )
     say(f"  bare forward of the same network on in-memory tensors: {bare:.1f} slices/s")
     say(f"  bundle / bare: {ours / bare:.2f}")

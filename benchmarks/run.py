@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         full.get_parsed_content("mlflow_tracking").close()
 
         say("\n== 4. inference: inference.json evaluator vs bare forward ==")
-        infer_demo = bench_inference(out / "bundle", data_dir, patients=2 if quick else 6)
+        # the demo network section 3 trained for a few steps: masks like a model's, not all or nothing
+        trained = {k: v.detach().clone() for k, v in demo.get_parsed_content("network").state_dict().items()}
+        infer_demo = bench_inference(out / "bundle", data_dir, patients=2 if quick else 6, weights=trained)
         infer_full = bench_inference(out / "bundle", data_dir, patients=1, size="full")
 
         say("\n== 5. tutorial-style plain-PyTorch peer (benchmarks/tutorial_peer.py), demo size ==")
