@@ -96,16 +96,19 @@ def montage_png(
     size = (panel_w, PANEL_HEIGHT)
     panels = []
     for n, k in enumerate(chosen):
-        grey = (np.clip((shown[n] - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
+        # grey levels 0..254; palette entry 255 is the outline: one byte a pixel to encode, not three
+        grey = (np.clip((shown[n] - low) / (high - low), 0.0, 1.0) * 254).astype(np.uint8)
         grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
         lesion = Image.fromarray(np.asarray(mask_kji[k], dtype=np.uint8) * np.uint8(255))
         lesion = np.asarray(lesion.resize(size, Image.Resampling.NEAREST)) > 127
         edge = lesion & ~ndimage.binary_erosion(lesion, iterations=OUTLINE_PX)
-        panel = np.repeat(grey[..., None], 3, axis=2)
-        panel[edge] = OUTLINE
+        panel = grey.copy()
+        panel[edge] = 255
         panels.append(panel)
+    image = Image.fromarray(np.concatenate(panels, axis=1))  # "L"; putpalette makes it "P"
+    image.putpalette([level for g in range(255) for level in (g, g, g)] + list(OUTLINE))
     buffer = io.BytesIO()
-    Image.fromarray(np.concatenate(panels, axis=1)).save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue(), chosen
 
 

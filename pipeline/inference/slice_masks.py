@@ -91,7 +91,9 @@ def batch_thumbnails(flairs: Any, side: int) -> list[np.ndarray]:
     for size, chosen in _groups(sizes).items():
         stacked = _stack(flairs, chosen)
         target = tuple(min(s, side) for s in size)
-        small = torch.nn.functional.interpolate(stacked, size=target, mode="area")[:, 0].numpy()
+        if target != tuple(size):
+            stacked = torch.nn.functional.interpolate(stacked, size=target, mode="area")
+        small = stacked[:, 0].numpy()
         for k, thumb in zip(chosen, small):
             thumbs[k] = thumb
     return thumbs
