@@ -186,6 +186,7 @@ def segment_inputs(
         network=network.to(device),
         inferer=SimpleInferer() if method is None else UncertaintyInferer(method, False, mc_samples),
         postprocessing=postprocessing("pred", method),
+        decollate=False,  # the writer takes whole batches, as in inference.json
         val_handlers=[writer],
     )
     evaluator.run()
