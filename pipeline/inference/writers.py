@@ -57,7 +57,8 @@ from pipeline.inference.mask_files import (
     write_mask_files,
 )
 from pipeline.inference.run_summary import FAILURES_NAME, InferenceFailed, log_summary, write_failures
-from pipeline.inference.slice_masks import batch_masks, batch_thumbnails, engine_batch
+from pipeline.inference.slice_intake import SliceIntake
+from pipeline.inference.slice_masks import engine_batch
 
 __all__ = ["CSV_NAME", "FAILURES_NAME", "REPORT_NAME", "InferenceFailed", "MaskWriter"]
 
@@ -67,7 +68,7 @@ CSV_NAME = "lesion_volumes.csv"
 REPORT_NAME = "report.html"
 
 
-class MaskWriter:
+class MaskWriter(SliceIntake):
     """Collect the per-slice probabilities of an evaluator and write each input's outputs when complete.
 
     Attach it to the evaluator (``val_handlers``) or call :meth:`add_batch` and :meth:`finish` directly.
@@ -119,12 +120,8 @@ class MaskWriter:
         for inp in self.inputs:
             if inp.error:
                 self._entry(inp, "failed")
-        self.pending: dict[int, np.ndarray] = {}
-        self.flair: dict[int, np.ndarray] = {}
-        self.errors: dict[int, str] = {}
-        self.received: dict[int, int] = {}
+        self.start_intake()
         self.finished = False
-        self._warned_skip = False
         self.skipped = frozenset(self._carry_over() if self.skip_existing else ())
         self.started = time.perf_counter()
         self.jobs = BackgroundJobs(truthy(background))
@@ -171,76 +168,6 @@ class MaskWriter:
 
     def iteration_completed(self, engine: Engine) -> None:
         self.add_batch(*engine_batch(engine.state.batch, engine.state.output))
-
-    def add_batch(
-        self,
-        indices: Sequence[int],
-        positions: Sequence[int],
-        probs: Any,
-        heights: Sequence[int],
-        widths: Sequence[int],
-        flairs: Any = None,
-        errors: Sequence[str] | None = None,
-    ) -> None:
-        """Slices of one batch: ``probs`` (B, 1, S, S) (or B per-slice arrays) resized back to
-        ``heights[k]`` x ``widths[k]`` and thresholded in one go (:mod:`~pipeline.inference.slice_masks`);
-        ``flairs`` the network's FLAIR channel per slice (for the montage), ``errors[k]`` set for a
-        placeholder slice that could not be read."""
-        errors = list(errors or [""] * len(indices))
-        masks = batch_masks(probs, list(zip(heights, widths)), self.threshold)
-        thumbs = [None] * len(indices)
-        if flairs is not None and self.report:
-            thumbs = batch_thumbnails(flairs, report_html.THUMBNAIL)
-        for k, index in enumerate(indices):
-            self._receive(int(index), int(positions[k]), masks[k], thumbs[k], errors[k])
-
-    def add(
-        self,
-        index: int,
-        position: int,
-        prob: Any,
-        height: int,
-        width: int,
-        flair: Any = None,
-        error: str = "",
-    ) -> None:
-        """One slice ((1, S, S) or (S, S) probabilities): :meth:`add_batch` of a batch of one."""
-        self.add_batch(
-            [index], [position], [prob], [height], [width], None if flair is None else [flair], [error]
-        )
-
-    def _receive(self, index: int, position: int, mask: np.ndarray, thumb: Any, error: str) -> None:
-        inp = self.inputs[index]
-        if inp.name in self.skipped:
-            if not self._warned_skip:
-                logger.warning(
-                    "skip_existing: slices of %s arrive although it is kept: pass "
-                    "SliceDataset(skip=mask_writer.skipped) to save the time",
-                    inp.name,
-                )
-                self._warned_skip = True
-            return
-        self.received[index] = self.received.get(index, 0) + 1
-        if error:
-            self.errors.setdefault(index, error)
-        elif index not in self.errors:
-            self._store(index, inp, position, mask, thumb)
-        if self.received[index] == inp.n_slices:
-            self._complete(index)
-
-    def _store(self, index: int, inp: InferenceInput, position: int, mask: np.ndarray, thumb: Any) -> None:
-        masks = self.pending.setdefault(index, np.zeros((inp.n_slices, *mask.shape), dtype=np.uint8))
-        if masks.shape[1:] != mask.shape:
-            self.errors[index] = (
-                f"slice {position + 1} of {inp.path} is {mask.shape[0]} x {mask.shape[1]} pixels, the "
-                f"first one {masks.shape[1]} x {masks.shape[2]}: a patient's slices must all have one size"
-            )
-            return
-        masks[position] = mask
-        if thumb is not None:
-            thumbs = self.flair.setdefault(index, np.zeros((inp.n_slices, *thumb.shape), dtype=np.float16))
-            if thumbs.shape[1:] == thumb.shape:
-                thumbs[position] = thumb
 
     def _complete(self, index: int) -> None:
         """Hand the input's outputs to the background thread; what its :meth:`_write` needs must be
