@@ -20,7 +20,7 @@ From the repository root::
    against the folds' mean per-patient Dice (the expected Dice of one fold model picked at random),
    difference ensemble - fold, 95% bootstrap interval over patients and Wilcoxon p-value, on the
    per-volume Dice of ``--option`` (default ``threshold``) of the patients with a lesion;
-3. writes ``gain.json`` beside them and prints the table.
+3. writes ``gain_<option>.json`` beside them (``+`` written ``_``) and prints the table.
 """
 
 from __future__ import annotations
@@ -217,6 +217,7 @@ def main(args: argparse.Namespace) -> int:
         logger.error("%s", error)
         return 1
     gain.update(crossval=folds.name, dataset_dir=str(Path(args.dataset_dir).resolve()))
-    (out / "gain.json").write_text(json.dumps(gain, indent=2, sort_keys=True) + "\n")
-    print(format_gain(gain) + f"\n({out / 'gain.json'})")
+    written = out / f"gain_{args.option.replace('+', '_')}.json"
+    written.write_text(json.dumps(gain, indent=2, sort_keys=True) + "\n")
+    print(format_gain(gain) + f"\n({written})")
     return 0

@@ -63,7 +63,7 @@ def test_the_command_evaluates_the_ensemble_and_its_folds_on_held_out_patients(t
     words = ["--crossval", str(crossval), "--dataset_dir", str(heldout), "--bundle_root", str(tmp_path)]
     assert main(parser.parse_args(words)) == 0
     out = crossval / f"heldout-{heldout.name}"
-    gain = json.loads((out / "gain.json").read_text())
+    gain = json.loads((out / "gain_threshold.json").read_text())
     ensemble = json.loads((out / "ensemble" / "summary.json").read_text())
     assert ensemble["checkpoint"] == str(crossval.resolve()) and gain["n_patients"] == 2
     fold0 = {
