@@ -2,8 +2,9 @@
 
 Each fold is a run folder ``<output_root>/runs/<name>-fold<i>`` with ``models/model.pt`` (a seeded
 tiny U-Net whose head bias makes about a fifth of the phantom's pixels lesion, so that masks are
-neither empty nor full), ``models/final.pt``, ``config.json`` (train.json with the tiny settings,
-``folds`` and the fold's ``split_file``) and the split file itself.
+neither empty nor full), ``models/final.pt``, ``config.json`` (the merged train.json and
+crossval.json a fold run records, with the tiny settings, ``folds`` and the fold's ``split_file``)
+and the split file itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from networks import UNet
 from pipeline.inference.workflow import tiff_preprocessing
+from pipeline.tracking.provenance import command_line_config
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
@@ -57,7 +59,9 @@ def write_fold_run(
     split_file = output_root / "splits" / f"{name}.folds{folds}" / f"fold{fold}.json"
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text(json.dumps(split))
-    config = json.loads((ROOT / "bundle" / "configs" / "train.json").read_text())
+    files = [str(ROOT / "bundle" / "configs" / n) for n in ("train.json", "crossval.json")]
+    words = ["run", "training", "--config_file", "[" + ",".join(repr(f) for f in files) + "]"]
+    config = command_line_config(words)  # the merged config a fold run records, crossval.json's code in it
     config.update(network_def=NETWORK, image_size=IMAGE_SIZE, bundle_root=str(output_root.parent), epochs=2)
     config.update(folds=folds, fold=fold, crossval_name=name, split_file=str(split_file), **settings)
     (run / "config.json").write_text(json.dumps(config))

@@ -49,7 +49,8 @@ BUNDLE_KEYS = {
     "metadata_file": "$@bundle_root + '/configs/metadata.json'",  # the model's identity in the outputs
 }
 ENSEMBLE_LOADER = "pipeline.inference.ensemble.load_ensemble"  # an exported fold ensemble's network
-OVERLAYS = ("train.json", "demo.json", "multi_gpu_train.json")  # what a run's merged config holds
+# what a run's merged config holds (a cross-validation fold's: crossval.json)
+OVERLAYS = ("train.json", "demo.json", "multi_gpu_train.json", "crossval.json")
 
 
 def _read(name: str) -> dict:
@@ -132,7 +133,8 @@ def rewritten(config: Any, style: str = "import", found: set[str] | None = None)
     if isinstance(config, dict):
         out = {}
         for key, value in config.items():
-            if key == "_target_" and isinstance(value, str) and not value.startswith("$"):
+            is_target = key == "_target_" or key.endswith("#_target_")  # an overlay's "data#_target_"
+            if is_target and isinstance(value, str) and not value.startswith("$"):
                 out[key] = _target(value, found)
             else:
                 out[key] = rewritten(value, style, found)
