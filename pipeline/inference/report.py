@@ -55,16 +55,6 @@ _STYLE = (
 )
 
 
-def flair_thumbnail(flair: Any) -> np.ndarray:
-    """A slice's FLAIR (any 2-D array or tensor) area-downsampled to at most :data:`THUMBNAIL` a side."""
-    import torch
-
-    image = torch.as_tensor(flair).detach().float().cpu()
-    image = image.reshape(1, 1, *image.shape[-2:])
-    size = tuple(min(s, THUMBNAIL) for s in image.shape[-2:])
-    return torch.nn.functional.interpolate(image, size=size, mode="area")[0, 0].numpy()
-
-
 def montage_slices(mask_kji: np.ndarray, max_panels: int = MAX_PANELS) -> list[int]:
     """The slices (0-based, ascending) of the montage: the ``max_panels`` with most lesion voxels
     (ties: the lower slice), slices without lesion never."""
