@@ -1,4 +1,4 @@
-"""The bundle's preprocessing of one slice, computed in a few numpy passes instead of MONAI's chain.
+"""The bundle's preprocessing of one slice, computed in a few tensor operations instead of MONAI's chain.
 
 Why: training caches its deterministic chain once per slice, but inference meets every slice
 once, and at the demo size MONAI's ``ScaleIntensityd`` and ``Resized(mode="area")`` on a
@@ -8,8 +8,8 @@ train.json (LoadImaged with this project's TiffReader, EnsureChannelFirstd, Scal
 [0, 1] or ScaleIntensityByRecordd, LesionMaskd, Resized with "area" for the image, EnsureTyped
 to float32) and computes the same numbers:
 
-- "area" resizing by an integer factor is the mean of each k x k block (summed exactly in
-  integers for 8-bit slices); other sizes use torch's adaptive average pooling, as MONAI does.
+- "area" resizing by an integer factor is the mean of each k x k block, summed by strided adds in
+  float32 (exact for 8-bit slices); other sizes use torch's adaptive average pooling, as MONAI does.
 - Min-max scaling is affine and the area mean is linear, so scaling by the full slice's min and
   max after the mean equals scaling before it. The min and max are those of the full-resolution
   slice, as in the chain.
