@@ -33,8 +33,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,7 @@ __all__ = [
     "PERCENTILES",
     "intensity_file",
     "patient_bounds",
+    "per_patient",
     "read_tiff_volume",
     "tiff_bounds",
     "volume_bounds",
@@ -185,14 +187,38 @@ def patient_bounds(records: Sequence[dict], cache_file: str | os.PathLike, finge
     Returns:
         ``{patient: [[lo, hi], [lo, hi], [lo, hi]]}``.
     """
+    return per_patient(
+        records, cache_file, fingerprint, tiff_bounds, METHOD, _VERSION, "Intensity: per-volume bounds"
+    )
+
+
+def per_patient(
+    records: Sequence[dict],
+    cache_file: str | os.PathLike,
+    fingerprint: str,
+    compute: Callable[[list[str]], Any],
+    method: dict,
+    version: int,
+    what: str,
+) -> dict:
+    """``compute(paths)`` of every patient of ``records`` (its slice files in slice order), cached.
+
+    The cache pattern of :func:`patient_bounds`, shared with :mod:`pipeline.data.head_box`: the JSON
+    ``cache_file`` is reused when it was written for the same ``version``, dataset ``fingerprint``,
+    files (names, sizes, modification times), ``method`` and patients; else every patient is
+    computed again and the file rewritten atomically. ``what`` names the values in the log line.
+
+    Returns:
+        ``{patient: compute(paths)}`` (as JSON gives it back when read from the cache).
+    """
     by_patient: dict[str, list[tuple[int, str]]] = {}
     for record in records:
         by_patient.setdefault(record["patient"], []).append((record["slice"], record["image"]))
     key = {
-        "version": _VERSION,
+        "version": version,
         "fingerprint": fingerprint,
         "files": _files_digest([r["image"] for r in records]),
-        "method": METHOD,
+        "method": method,
     }
     cache = Path(cache_file)
     cached = _read_cache(cache)
@@ -202,16 +228,17 @@ def patient_bounds(records: Sequence[dict], cache_file: str | os.PathLike, finge
         and isinstance(patients, dict)
         and set(patients) == set(by_patient)
     ):
-        logger.info("Intensity: per-volume bounds of %d patients read from %s", len(patients), cache)
+        logger.info("%s of %d patients read from %s", what, len(patients), cache)
         return patients
     start = time.perf_counter()
     patients = {
-        patient: tiff_bounds([path for _, path in sorted(slices)])
+        patient: compute([path for _, path in sorted(slices)])
         for patient, slices in sorted(by_patient.items())
     }
     atomic.write_json(cache, {**key, "patients": patients})
     logger.info(
-        "Intensity: per-volume bounds of %d patients computed in %.1f s, cached in %s",
+        "%s of %d patients computed in %.1f s, cached in %s",
+        what,
         len(patients),
         time.perf_counter() - start,
         cache,
