@@ -50,6 +50,7 @@ def prepare_fold_data(
     phantom_hard: bool = False,
     sampling_floor: float = 0.1,
     intensity: str = "slice",
+    crop: str = "none",
 ) -> PreparedData:
     """:func:`pipeline.data.prepare.prepare_data` of fold ``fold``: its validation set is the fold.
 
@@ -98,6 +99,7 @@ def prepare_fold_data(
         phantom_hard=phantom_hard,
         sampling_floor=sampling_floor,
         intensity=intensity,
+        crop=crop,
     )
     prepared.generated_phantom = prepared.generated_phantom or generated  # generated above, not there
     return prepared

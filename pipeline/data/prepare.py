@@ -4,7 +4,8 @@
 phantom dataset when the *default* phantom folder is empty, validates the dataset with the same
 checks as ``python -m pipeline check-data``, loads or creates the patient split, computes the
 lesion-area sampling weights of the training slices and, with ``intensity="volume"``, the
-per-patient intensity bounds that travel in each record (:mod:`pipeline.data.volume_stats`).
+per-patient intensity bounds that travel in each record (:mod:`pipeline.data.volume_stats`) and,
+with ``crop="head"``, the per-patient head boxes (:mod:`pipeline.data.head_box`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 from pipeline import atomic
 from pipeline.data.checks import check_dataset
 from pipeline.data.discovery import DatasetError, discover, fingerprint
+from pipeline.data.head_box import HEAD_BOX_KEY, head_box_file, patient_boxes
 from pipeline.data.splits import load_or_create_split
 from pipeline.data.volume_stats import intensity_file, patient_bounds
 from pipeline.data.weights import lesion_weights, mask_areas
 from pipeline.flags import truthy
+from transforms.crop import crop_option
 from transforms.intensity import intensity_option
 
 logger = logging.getLogger(__name__)
@@ -35,7 +38,8 @@ class PreparedData:
     Attributes:
         dataset_dir: the dataset folder, absolute.
         train: records ``{"image", "label", "patient", "slice"}`` of the training patients, with
-            ``"intensity"`` (one ``[lo, hi]`` per channel, the patient's) for intensity "volume".
+            ``"intensity"`` (one ``[lo, hi]`` per channel, the patient's) for intensity "volume",
+            with ``"head_box"`` (``[top, left, bottom, right]``, the patient's) for crop "head".
         val: records of the validation patients.
         weights: one sampling weight per training record (sums to 1).
         split_file: the JSON file holding the patient split.
@@ -162,6 +166,7 @@ def prepare_data(
     phantom_hard: bool = False,
     sampling_floor: float = 0.1,
     intensity: str = "slice",
+    crop: str = "none",
 ) -> PreparedData:
     """Make the dataset ready for training and return its datalists.
 
@@ -180,13 +185,17 @@ def prepare_data(
         intensity: train.json's ``intensity``: "slice" (default, the tutorial's per-slice min-max:
             records as before) or "volume" (records get ``"intensity"``, their patient's bounds,
             cached beside the split file in ``<split>.intensity.json``).
+        crop: train.json's ``crop``: "none" (default, the whole slice: records as before) or
+            "head" (records get ``"head_box"``, their patient's head box, cached beside the split
+            file in ``<split>.head_box.json``).
 
     Raises:
         DatasetError: the dataset is missing, empty or faulty (the message lists the faults),
             or the split file does not match the data.
-        ValueError: ``intensity`` is not "slice" or "volume".
+        ValueError: ``intensity`` is not "slice" or "volume", or ``crop`` not "none" or "head".
     """
     intensity = intensity_option(intensity)
+    crop = crop_option(crop)
     root, generated = ready_dataset(dataset_dir, phantom_dir, phantom_patients, seed, phantom_hard, check)
     records = discover(root)
     patients = sorted({r["patient"] for r in records})
@@ -199,6 +208,10 @@ def prepare_data(
         bounds = patient_bounds(records, intensity_file(split_file), digest)
         for record in records:
             record["intensity"] = [list(pair) for pair in bounds[record["patient"]]]
+    if crop == "head":
+        boxes = patient_boxes(records, head_box_file(split_file), digest)
+        for record in records:
+            record[HEAD_BOX_KEY] = [int(v) for v in boxes[record["patient"]]]
     areas = mask_areas([r["label"] for r in train])
     weights = lesion_weights(areas, sampling_floor)
     prepared = PreparedData(

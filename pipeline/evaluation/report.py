@@ -109,7 +109,8 @@ class EvaluationReport:
                 raise ValueError(
                     f"slice {index} of patient {patient} was evaluated twice; check the datalist"
                 )
-            image = torch.as_tensor(batch["image"]).detach().cpu().numpy()
+            # the output's image: with crop "head" the postprocessing maps it back (transforms.HeadUncropd)
+            image = torch.as_tensor(output.get("image", batch["image"])).detach().cpu().numpy()
             self.slices[patient][index] = {
                 "prob": _sigmoid(logits[0]).astype(np.float32),
                 "prob_tta": _sigmoid(logits[1]).astype(np.float32),

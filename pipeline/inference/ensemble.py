@@ -13,7 +13,7 @@ model. Decisions:
 - With ``--tta true`` the flip average is of the ensemble's logits (each member sees both the slice
   and its flip).
 - Members must take the same input and give the same output: the same image size, channels in
-  and out, and preprocessing (``intensity`` and ``deterministic_transforms`` of their run configs);
+  and out, and preprocessing (``intensity``, ``crop`` and ``deterministic_transforms`` of their run configs);
   their architectures may differ. Otherwise they are refused, naming the checkpoints
   (:func:`check_members`).
 
@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 EPS = 1e-6
 # the run-config keys that decide what the network sees; members must agree on them
-PREPROCESSING_KEYS = ("intensity", "deterministic_transforms")
+PREPROCESSING_KEYS = ("intensity", "crop", "deterministic_transforms")
 
 
 class FoldEnsemble(nn.Module):

@@ -13,7 +13,10 @@ The chain holds both intensity options (train.json's ``intensity``), the unused 
 MONAI's ``_disabled_``. With ``"volume"`` the image is scaled by bounds the record carries
 (``transforms.ScaleIntensityByRecordd``): inference passes ``{"image": slice, "intensity":
 pipeline.data.volume_stats.volume_bounds(volume)}`` (:func:`bounds_key` says whether and under which
-key a built chain wants them).
+key a built chain wants them). Likewise train.json's ``crop``: with ``"head"`` the chain crops to a
+box the record carries (``transforms.HeadCropd``): inference passes ``{"image": slice, "head_box":
+pipeline.data.head_box.head_box(volume)}`` (:func:`box_key`), and maps the probabilities back
+through the box (``transforms.uncrop``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "tra
 CHAIN = "deterministic_transforms"
 LABEL = "label"
 # top-level keys of train.json that the chain refers to (its _disabled_ flags)
-OPTIONS = ("intensity",)
+OPTIONS = ("intensity", "crop")
 # this project's transforms the exported bundle may hold: it vendors their code
 
 
@@ -81,13 +84,15 @@ def image_preprocessing(image_size: int = 256, config: str | Path | Mapping | No
 
 
 def _options(raw: Mapping) -> dict:
-    """The imports and the :data:`OPTIONS` of a training config (absent in configs written before them).
+    """The imports and the :data:`OPTIONS` of a training config (their defaults where absent: configs
+    written before them).
 
     Raises:
-        ValueError: ``intensity`` is not "slice" or "volume" (naming the key and the values).
+        ValueError: ``intensity`` is not "slice" or "volume", or ``crop`` not "none" or "head"
+            (naming the key and the values).
     """
-    intensity_of(raw)
-    return {"imports": raw.get("imports", []), **{k: raw[k] for k in OPTIONS if k in raw}}
+    # absent (a config written before the option): its default, which the chain then refers to
+    return {"imports": raw.get("imports", []), "intensity": intensity_of(raw), "crop": crop_of(raw)}
 
 
 def _disabled(raw: Mapping, flag: Any) -> bool:
@@ -125,6 +130,34 @@ def intensity_of(config: str | Path | Mapping | None = None) -> str:
     from transforms.intensity import intensity_option
 
     return intensity_option(_config(config).get("intensity", "slice"))
+
+
+def crop_of(config: str | Path | Mapping | None = None) -> str:
+    """The training config's ``crop`` option: "none" (also for configs written before it) or "head".
+
+    Raises:
+        ValueError: the value is neither.
+    """
+    from transforms.crop import crop_option
+
+    return crop_option(_config(config).get("crop", "none"))
+
+
+def box_key(transform: Any) -> str | None:
+    """The record key a built chain reads the head box from (crop "head"); None when it crops nothing.
+
+    Args:
+        transform: a transform or a Compose (searched recursively), e.g. :func:`image_preprocessing`.
+    """
+    from transforms.crop import HeadCropd
+
+    if isinstance(transform, HeadCropd):
+        return transform.box_key
+    for inner in getattr(transform, "transforms", None) or ():
+        found = box_key(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def bounds_key(transform: Any) -> str | None:

@@ -4,7 +4,9 @@ Decisions (see also :mod:`pipeline.inference.workflow`): one volume is read and 
 an input that fails to read while the run goes on gives placeholder items (zeros, ``error``
 set) so the run goes on; with train.json's ``intensity`` "volume" each slice is scaled by its
 input's per-volume bounds (:mod:`pipeline.data.volume_stats`: from all the TIFF slices of a
-patient, or from the volume as read), computed once per input, as training computed them.
+patient, or from the volume as read), computed once per input, as training computed them; with
+``crop`` "head" likewise the input's head box (:func:`pipeline.data.head_box.head_box`, the function
+training's boxes come from), which each item carries so the writers map the masks back.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import torch
 from monai.transforms import Compose
 
 import transforms
-from pipeline.data.volume_stats import tiff_bounds, volume_bounds
+from pipeline.data.head_box import head_box
+from pipeline.data.volume_stats import read_tiff_volume, volume_bounds
 from pipeline.inference.fast_chain import fast_slice_chain
 from pipeline.inference.input_record import CHANNELS, InferenceInput
-from pipeline.inference.preprocessing import bounds_key
+from pipeline.inference.preprocessing import bounds_key, box_key
 from pipeline.inference.volumes import read_volume
 
 
@@ -38,8 +41,10 @@ class SliceDataset(torch.utils.data.Dataset):
     """The slices of all inputs, in input then slice order, preprocessed for the network.
 
     Items: ``{"image": (3, S, S) float32, "input": index into inputs, "slice": 0-based position,
-    "height": H, "width": W, "error": ""}`` (H x W: the slice before resizing). A slice that
-    cannot be read is a placeholder: zeros as image, ``error`` the reason naming the file.
+    "height": H, "width": W, "error": ""}`` (H x W: the slice before resizing), and with crop "head"
+    the input's box under the chain's box key (``"head_box"``: ``[top, left, bottom, right]``). A
+    slice that cannot be read is a placeholder: zeros as image, ``error`` the reason naming the file
+    (its box the whole placeholder).
 
     Args:
         data: the inputs, from :func:`find_inputs`.
@@ -85,19 +90,26 @@ class SliceDataset(torch.utils.data.Dataset):
         self._placeholder: torch.Tensor | None = None
         # intensity "volume": the chain scales by the input's bounds, passed under this key
         self.bounds_key = bounds_key(self.slice_transform) or bounds_key(self.transform)
-        self._bounds: dict[int, list[list[float]]] = {}
+        # crop "head": the chain crops to the input's head box, passed under this key
+        self.box_key = box_key(self.slice_transform) or box_key(self.transform)
+        self._per_volume: dict[int, dict[str, Any]] = {}
 
     def _with_bounds(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` plus the per-volume intensity bounds of input ``index`` when the chain wants them
-        (computed once per input: from all its TIFF slices, or from the volume as read)."""
-        if self.bounds_key is None:
+        """``record`` plus what the chain wants of input ``index``'s whole volume: its per-volume
+        intensity bounds, its head box (computed once per input, from one read of all its TIFF
+        slices, or from the volume as read)."""
+        if self.bounds_key is None and self.box_key is None:
             return record
-        if index not in self._bounds:
+        if index not in self._per_volume:
             inp = self.inputs[index]
-            self._bounds[index] = (
-                tiff_bounds(inp.slices) if inp.kind == "tiff" else volume_bounds(self._volume(index))
-            )
-        return {**record, self.bounds_key: self._bounds[index]}
+            volume = read_tiff_volume(inp.slices) if inp.kind == "tiff" else self._volume(index)
+            values: dict[str, Any] = {}
+            if self.bounds_key is not None:
+                values[self.bounds_key] = volume_bounds(volume)
+            if self.box_key is not None:
+                values[self.box_key] = head_box(volume)
+            self._per_volume[index] = values
+        return {**record, **self._per_volume[index]}
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -125,6 +137,7 @@ class SliceDataset(torch.utils.data.Dataset):
                     {
                         "image": torch.zeros(3, 8, 8),
                         **({self.bounds_key: [[0.0, 1.0]] * 3} if self.bounds_key else {}),
+                        **({self.box_key: [0, 0, 8, 8]} if self.box_key else {}),
                     }
                 )["image"]
             )
@@ -137,6 +150,7 @@ class SliceDataset(torch.utils.data.Dataset):
             "height": int(size[0]),
             "width": int(size[1]),
             "error": error,
+            **({self.box_key: [0, 0, int(size[0]), int(size[1])]} if self.box_key else {}),
         }
 
     def _tiff_slice(self, index: int, path: Path) -> tuple[Any, int, int]:
@@ -185,4 +199,5 @@ class SliceDataset(torch.utils.data.Dataset):
             "height": height,
             "width": width,
             "error": "",
+            **({self.box_key: list(self._per_volume[index][self.box_key])} if self.box_key else {}),
         }

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.inference import report as report_html
 from pipeline.inference.input_record import InferenceInput
-from pipeline.inference.slice_masks import batch_masks, batch_thumbnails
+from pipeline.inference.slice_masks import batch_masks, batch_thumbnails, uncropped_flairs
 
 __all__ = ["SliceIntake"]
 
@@ -56,15 +56,20 @@ class SliceIntake:
         widths: Sequence[int],
         flairs: Any = None,
         errors: Sequence[str] | None = None,
+        boxes: Sequence | None = None,
     ) -> None:
         """Slices of one batch: ``probs`` (B, 1, S, S) (or B per-slice arrays) resized back to
         ``heights[k]`` x ``widths[k]`` and thresholded in one go (:mod:`~pipeline.inference.slice_masks`);
         ``flairs`` the network's FLAIR channel per slice (for the montage), ``errors[k]`` set for a
-        placeholder slice that could not be read."""
+        placeholder slice that could not be read; ``boxes`` (crop "head") each slice's head box,
+        which its probabilities and FLAIR cover and are mapped back through."""
         errors = list(errors or [""] * len(indices))
-        masks = batch_masks(probs, list(zip(heights, widths)), self.threshold)
+        sizes = list(zip(heights, widths))
+        masks = batch_masks(probs, sizes, self.threshold, boxes)
         thumbs = [None] * len(indices)
         if flairs is not None and self.report:
+            if boxes is not None:
+                flairs = uncropped_flairs(flairs, boxes, sizes)
             thumbs = batch_thumbnails(flairs, report_html.THUMBNAIL)
         for k, index in enumerate(indices):
             self._receive(int(index), int(positions[k]), masks[k], thumbs[k], errors[k])
@@ -78,10 +83,18 @@ class SliceIntake:
         width: int,
         flair: Any = None,
         error: str = "",
+        box: Sequence[int] | None = None,
     ) -> None:
         """One slice ((1, S, S) or (S, S) probabilities): :meth:`add_batch` of a batch of one."""
         self.add_batch(
-            [index], [position], [prob], [height], [width], None if flair is None else [flair], [error]
+            [index],
+            [position],
+            [prob],
+            [height],
+            [width],
+            None if flair is None else [flair],
+            [error],
+            None if box is None else [box],
         )
 
     def _receive(self, index: int, position: int, mask: np.ndarray, thumb: Any, error: str) -> None:

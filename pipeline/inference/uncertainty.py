@@ -56,6 +56,7 @@ from pipeline.inference.input_record import InferenceInput
 from pipeline.inference.lesion_stats import postprocess
 from pipeline.inference.tta import FlipTTA
 from pipeline.inference.writers import MaskWriter
+from transforms.crop import uncrop
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +200,12 @@ class UncertaintyMaskWriter(MaskWriter):
         widths: Sequence[int],
         flairs: Any = None,
         errors: Sequence[str] | None = None,
+        boxes: Sequence | None = None,
     ) -> None:
         """:meth:`MaskWriter.add_batch` of slices whose ``probs[k]`` is (1 + S, H, W): the mask's
-        probability, then the samples' (their maps held for :meth:`_write`). A slice without
-        samples fails its input, naming the inferer to use."""
+        probability, then the samples' (their maps held for :meth:`_write`; with ``boxes``, crop
+        "head", mapped back through each slice's box). A slice without samples fails its input,
+        naming the inferer to use."""
         errors = list(errors or [""] * len(indices))
         for k, index in enumerate(indices):
             inp, values = self.inputs[int(index)], torch.as_tensor(probs[k])
@@ -212,22 +215,31 @@ class UncertaintyMaskWriter(MaskWriter):
                     "least 2 samples (pipeline.inference.uncertainty.inferer with the same uncertainty)"
                 )
             elif inp.name not in self.skipped and not errors[k] and int(index) not in self.errors:
-                self._store_maps(inp, int(positions[k]), values[1:], int(heights[k]), int(widths[k]))
+                box = None if boxes is None else boxes[k]
+                self._store_maps(inp, int(positions[k]), values[1:], int(heights[k]), int(widths[k]), box)
         if isinstance(probs, torch.Tensor) and probs.ndim == 4:
             mask_probs = probs[:, :1]
         else:
             mask_probs = [torch.as_tensor(p)[:1] if torch.as_tensor(p).ndim == 3 else p for p in probs]
-        super().add_batch(indices, positions, mask_probs, heights, widths, flairs, errors)
+        super().add_batch(indices, positions, mask_probs, heights, widths, flairs, errors, boxes)
         for index in set(indices):  # an input that failed while reading frees its maps now
             if self.inputs[int(index)].name in self.failed:
                 self.maps.pop(self.inputs[int(index)].name, None)
                 self.samples.pop(self.inputs[int(index)].name, None)
 
     def _store_maps(
-        self, inp: InferenceInput, position: int, samples: torch.Tensor, height: int, width: int
+        self,
+        inp: InferenceInput,
+        position: int,
+        samples: torch.Tensor,
+        height: int,
+        width: int,
+        box: Sequence[int] | None = None,
     ) -> None:
         samples = samples.detach().float().cpu()[None]
-        if tuple(samples.shape[-2:]) != (height, width):
+        if box is not None:  # crop "head": the samples cover the head box
+            samples = uncrop(samples, [box], (height, width), (height, width))
+        elif tuple(samples.shape[-2:]) != (height, width):
             samples = torch.nn.functional.interpolate(
                 samples, size=(height, width), mode="bilinear", align_corners=False
             )

@@ -207,6 +207,7 @@ def prepare_data_distributed(
     phantom_hard: bool = False,
     sampling_floor: float = 0.1,
     intensity: str = "slice",
+    crop: str = "none",
 ) -> PreparedData:
     """``pipeline.data.prepare.prepare_data`` on every rank, rank 0 first.
 
@@ -233,6 +234,7 @@ def prepare_data_distributed(
         phantom_hard=phantom_hard,
         sampling_floor=sampling_floor,
         intensity=intensity,
+        crop=crop,
     )
     if not is_distributed() or world_size() == 1:
         return prepare_data(**kwargs)
