@@ -83,8 +83,9 @@ def as_boxes(value: Any) -> list[list[int]]:
     return boxes
 
 
-def crop_to_box(x: Any, box: Sequence[int]) -> Any:
-    """``x`` ((C, H, W) array or tensor) cropped to ``box``, zeros where the box leaves the image.
+def crop_to_box(x: Any, box: Sequence[int], fill: float = 0.0) -> Any:
+    """``x`` ((C, H, W) array or tensor) cropped to ``box``, ``fill`` (default 0) where the box
+    leaves the image.
 
     The result is (C, bottom - top, right - left), of ``x``'s type and dtype (a MetaTensor becomes
     a plain tensor: the crop is not recorded as an invertible MONAI operation).
@@ -93,10 +94,10 @@ def crop_to_box(x: Any, box: Sequence[int]) -> Any:
     height, width = x.shape[-2:]
     if isinstance(x, torch.Tensor):
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
-        out = torch.zeros((*x.shape[:-2], bottom - top, right - left), dtype=x.dtype, device=x.device)
+        out = torch.full((*x.shape[:-2], bottom - top, right - left), fill, dtype=x.dtype, device=x.device)
     else:
         x = np.asarray(x)
-        out = np.zeros((*x.shape[:-2], bottom - top, right - left), dtype=x.dtype)
+        out = np.full((*x.shape[:-2], bottom - top, right - left), fill, dtype=x.dtype)
     r0, r1 = max(top, 0), min(bottom, height)
     c0, c1 = max(left, 0), min(right, width)
     if r1 > r0 and c1 > c0:

@@ -15,6 +15,11 @@ to float32) and computes the same numbers:
   slice, as in the chain.
 - "volume" intensity (ScaleIntensityByRecordd) is applied after the resize with the very function
   the transform uses (:func:`transforms.intensity.scale_by_bounds`).
+- crop "head" (``transforms.HeadCropd`` before the resize, the record's box): the raw slice is
+  cropped with :func:`transforms.crop.crop_to_box`; where the box leaves the image the chain pads
+  zeros after the min-max scaling, so the raw crop pads the slice's minimum (0 once scaled), or
+  zeros before the per-volume scaling, as that chain does. The steps of the chain that touch only
+  the label (LesionMaskd, the uncropped label's copy, resize and type) are no-ops on an image.
 
 Any other chain (another transform, option or order, a config of a user's own) gets ``None``
 from :func:`fast_slice_chain` and runs through MONAI as before. A test compares both on slices
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -38,6 +44,7 @@ from monai.transforms import (
 )
 
 import transforms
+from transforms.crop import HeadCropd, crop_to_box
 from transforms.intensity import ScaleIntensityByRecordd, scale_by_bounds
 from transforms.reader import read_tiff
 
@@ -67,26 +74,34 @@ class FastSliceChain:
         scale: "slice" (ScaleIntensityd to [0, 1] before the resize) or "volume"
             (ScaleIntensityByRecordd after it).
         bounds_key: the record key of the volume bounds ("volume" only).
+        box_key: the record key of the head box (crop "head"); None: no crop.
     """
 
-    def __init__(self, side: int, scale: str, bounds_key: str | None = None) -> None:
+    def __init__(
+        self, side: int, scale: str, bounds_key: str | None = None, box_key: str | None = None
+    ) -> None:
         if scale not in ("slice", "volume"):
             raise ValueError(f"scale must be 'slice' or 'volume', not {scale!r}")
-        self.side, self.scale, self.bounds_key = int(side), scale, bounds_key
+        self.side, self.scale, self.bounds_key, self.box_key = int(side), scale, bounds_key, box_key
 
-    def image(self, image: Any, bounds: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
+    def image(
+        self, image: Any, bounds: Sequence[Sequence[float]] | None = None, box: Sequence[int] | None = None
+    ) -> torch.Tensor:
         array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        resized = _area(array, self.side)
         if self.scale == "volume":
+            cropped = array if box is None else crop_to_box(array, box)
+            resized = _area(cropped, self.side)
             return torch.as_tensor(scale_by_bounds(resized, bounds), dtype=torch.float32).contiguous()
         low, high = float(array.min()), float(array.max())
+        resized = _area(array if box is None else crop_to_box(array, box, fill=low), self.side)
         if low == high:
             return torch.zeros(resized.shape, dtype=torch.float32)
         return (resized - low) / (high - low)
 
     def __call__(self, record: dict) -> dict:
         bounds = record.get(self.bounds_key) if self.bounds_key else None
-        return {**record, "image": self.image(record["image"], bounds)}
+        box = record[self.box_key] if self.box_key else None
+        return {**record, "image": self.image(record["image"], bounds, box)}
 
     def read_tiff(self, path: str) -> tuple[np.ndarray, int, int]:
         """A kaggle TIFF slice as LoadImaged(TiffReader) + EnsureChannelFirstd give it: (C, H, W)."""
@@ -150,9 +165,17 @@ def fast_slice_chain(load: Compose | None, chain: Compose) -> FastSliceChain | N
     """
     if load is not None and not _tiff_loading(load):
         return None
-    steps = list(getattr(chain, "transforms", None) or [None])
-    # LesionMaskd touches the label only: a no-op on an image record
-    steps = [t for t in steps if not (isinstance(t, transforms.LesionMaskd) and "image" not in _keys(t))]
+    steps = [t for t in list(getattr(chain, "transforms", None) or [None]) if not _label_only(t)]
+    box_key = None
+    crops = [k for k, t in enumerate(steps) if isinstance(t, HeadCropd)]
+    if len(crops) == 1 and _keys(steps[crops[0]]) == ("image", "label"):
+        box_key = steps[crops[0]].box_key  # cropped right before the resize (checked below)
+        after = steps[crops[0] + 1 :][:1]
+        steps = steps[: crops[0]] + steps[crops[0] + 1 :]
+        if not after or _area_side(after[0]) is None:
+            return None
+    elif crops:
+        return None
     if len(steps) != 3 or not _float32(steps[2]):
         return None
     first, second = steps[0], steps[1]
@@ -161,9 +184,20 @@ def fast_slice_chain(load: Compose | None, chain: Compose) -> FastSliceChain | N
         exact = (scaler.minv, scaler.maxv, scaler.factor, scaler.channel_wise) == (0.0, 1.0, None, False)
         side = _area_side(second)
         if exact and side is not None and scaler.dtype in (np.float32, torch.float32):
-            return FastSliceChain(side, "slice")
+            return FastSliceChain(side, "slice", box_key=box_key)
     if isinstance(second, ScaleIntensityByRecordd) and _keys(second) == ("image",):
         side = _area_side(first)
         if side is not None:
-            return FastSliceChain(side, "volume", second.bounds_key)
+            return FastSliceChain(side, "volume", second.bounds_key, box_key)
     return None
+
+
+def _label_only(transform: Any) -> bool:
+    """A step that reads and writes no image (a no-op on an image record): LesionMaskd, and crop
+    "head"'s copy of the label, its resize and its type (MONAI's CopyItemsd, Resized, EnsureTyped)."""
+    keys = _keys(transform)
+    if "image" in keys or not keys:
+        return False
+    if isinstance(transform, CopyItemsd):
+        return "image" not in tuple(transform.names)
+    return isinstance(transform, transforms.LesionMaskd | Resized | EnsureTyped)

@@ -21,6 +21,15 @@ def _split(preprocessing: Compose) -> tuple[Compose, transforms.ComposeWithoutMe
     )
 
 
+def _resize(config: dict) -> dict:
+    """The chain's Resized of image and label (found by what it is, not by its position)."""
+    return next(
+        t
+        for t in config["deterministic_transforms"]
+        if t.get("_target_") == "Resized" and "image" in t["keys"]
+    )
+
+
 def _volume_config() -> dict:
     config = json.loads(TRAIN_CONFIG.read_text())
     config["intensity"] = "volume"
@@ -85,7 +94,7 @@ def test_any_other_chain_is_left_to_monai():
     for other in others:
         assert fast_slice_chain(load, other) is None
     config = json.loads(TRAIN_CONFIG.read_text())
-    config["deterministic_transforms"][4]["mode"] = ["bilinear", "nearest-exact"]
+    _resize(config)["mode"] = ["bilinear", "nearest-exact"]
     load, chain = _split(image_preprocessing(64, config))
     assert fast_slice_chain(load, chain) is None
     config = json.loads(TRAIN_CONFIG.read_text())
@@ -95,3 +104,43 @@ def test_any_other_chain_is_left_to_monai():
     assert load.transforms[0]._loader.dtype == np.float32
     assert fast_slice_chain(load, chain) is None  # loading converts: MONAI's chain
     assert fast_slice_chain(None, chain) is not None  # the slice part alone is train.json's
+
+
+def _hand_crop_then_area(image: np.ndarray, box, size: int, scale: str, bounds=None) -> np.ndarray:
+    """numpy + torch by hand: (slice) min-max over the whole slice; crop to the box, zeros past the
+    image; area resize; (volume) clip each channel to its bounds and scale."""
+    chw = image.astype(np.float64)
+    if scale == "slice":
+        chw = (chw - chw.min()) / (chw.max() - chw.min())
+    top, left, bottom, right = box
+    out = np.zeros((chw.shape[0], bottom - top, right - left))
+    r0, r1, c0, c1 = max(top, 0), min(bottom, chw.shape[1]), max(left, 0), min(right, chw.shape[2])
+    out[:, r0 - top : r1 - top, c0 - left : c1 - left] = chw[:, r0:r1, c0:c1]
+    resized = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(out)[None], (size, size))[0].numpy()
+    if scale == "volume":
+        b = np.asarray(bounds, np.float64)
+        lo, width = b[:, :1, None], (b[:, 1:, None] - b[:, :1, None])
+        resized = np.clip((resized - lo) / width, 0, 1)
+    return resized
+
+
+@pytest.mark.parametrize("intensity", ["slice", "volume"])
+@pytest.mark.parametrize("box", [[20, 30, 180, 190], [-12, -4, 148, 156], [0, 0, 240, 200]])
+def test_crop_head_gets_the_numbers_of_monais_chain(tmp_path, intensity, box):
+    config = json.loads(TRAIN_CONFIG.read_text()) | {"crop": "head", "intensity": intensity}
+    load, chain = _split(image_preprocessing(64, config))
+    fast = fast_slice_chain(load, chain)
+    assert fast is not None and fast.box_key == "head_box" and fast.scale == intensity
+    assert fast_slice_chain(None, chain) is not None
+    rng = np.random.default_rng(len(intensity) + abs(box[0]))
+    image = rng.integers(3, 250, size=(240, 200, 3), dtype=np.uint8)
+    path = tmp_path / "slice.tif"
+    tifffile.imwrite(path, image, photometric="rgb")
+    record = {"head_box": box, "intensity": [[10.0, 200.0], [0.0, 250.0], [30.0, 220.0]]}
+    expected = chain({**record, "image": load({"image": str(path)})["image"].as_tensor()})["image"]
+    array, _, _ = fast.read_tiff(str(path))
+    got = fast({**record, "image": array})["image"]
+    assert got.shape == expected.shape == (3, 64, 64)
+    np.testing.assert_allclose(got.numpy(), np.asarray(expected), atol=1e-5)
+    by_hand = _hand_crop_then_area(array, box, 64, intensity, record["intensity"])
+    np.testing.assert_allclose(got.numpy(), by_hand, atol=1e-5)
