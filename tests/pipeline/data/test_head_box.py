@@ -143,3 +143,17 @@ def test_boxes_are_cached_beside_the_split_file(tiny_phantom, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.data.volume_stats"):
         assert hb.patient_boxes(records, cache, fingerprint(records)) == boxes
     assert "head boxes of 4 patients read from" in caplog.text
+
+
+def test_the_otsu_threshold_is_skimages():
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(4)
+    volumes = [
+        rng.integers(0, 256, (5, 30, 30)).astype(np.uint8),
+        rng.integers(-50, 4000, (3, 20, 20)).astype(np.int16),  # sparse integer values
+        (rng.random((4, 20, 20)) * 1000).astype(np.float32),
+        np.concatenate([rng.normal(20, 2, 500), rng.normal(150, 30, 300)]),
+    ]
+    for volume in volumes:
+        assert hb.otsu_threshold(volume) == pytest.approx(float(threshold_otsu(volume)), rel=1e-6)
