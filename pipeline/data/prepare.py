@@ -124,7 +124,7 @@ def ensure_dataset(
             "No data in the default dataset folder %s: generating the %sphantom dataset there "
             "(%d patients, seed %d). Pass --dataset_dir /path/to/kaggle_3m to train on the real data.",
             dataset,
-            "hard " if hard else "",
+            "hard " if truthy(hard) else "",
             phantom_patients,
             seed,
         )
