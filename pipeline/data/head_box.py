@@ -71,7 +71,8 @@ def otsu_threshold(values: np.ndarray) -> float:
     flat = values.ravel()
     if np.issubdtype(flat.dtype, np.integer):
         low = int(flat.min())
-        counts = np.bincount((flat - low).astype(np.intp, copy=False)).astype(np.float64)
+        shifted = flat if flat.dtype == np.uint8 else (flat.astype(np.int64) - low)
+        counts = np.bincount(shifted)[low if flat.dtype == np.uint8 else 0 :].astype(np.float64)
         centers = np.arange(low, low + len(counts), dtype=np.float64)
         kept = counts > 0  # skimage drops the empty bins of an integer histogram
         counts, centers = counts[kept], centers[kept]
@@ -92,7 +93,13 @@ def _head_voxels(brightest: np.ndarray) -> np.ndarray:
     if brightest.min() == brightest.max():
         return np.zeros(brightest.shape, dtype=bool)
     foreground = brightest > otsu_threshold(brightest)
-    foreground = np.stack([ndimage.binary_fill_holes(plane) for plane in foreground])
+    # holes filled slice by slice (ndimage.binary_fill_holes of each slice, in one labelling): the
+    # background components, 4-connected within a slice, that do not touch the slice's border
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    background, _ = ndimage.label(~foreground, structure=in_plane)
+    border = np.unique(np.concatenate([background[:, [0, -1], :].ravel(), background[:, :, [0, -1]].ravel()]))
+    foreground |= ~np.isin(background, border)  # label 0 (the foreground) is never a hole
     labels, count = ndimage.label(foreground)
     if count <= 1:
         return foreground
