@@ -54,7 +54,7 @@ def _by_hand(volume: np.ndarray, box) -> np.ndarray:
 
 def test_slices_are_cropped_to_the_inputs_head_box_from_tiff_and_from_a_volume(tmp_path):
     volume = _patient(tmp_path)
-    config = json.loads(TRAIN_CONFIG.read_text()) | {"crop": "head"}
+    config = json.loads(TRAIN_CONFIG.read_text()) | {"crop": "head", "intensity": "slice"}
     assert crop_of(config) == "head" and crop_of(TRAIN_CONFIG) == "none"
     preprocessing = image_preprocessing(SIDE, config)
     assert box_key(preprocessing) == "head_box" and box_key(image_preprocessing(SIDE)) is None
