@@ -6,8 +6,10 @@ config, on images without masks (the chain's transforms allow a missing ``label`
 bundle does the same with its own copy of this code (``scripts/``) and of the run's train.json.
 So a change there reaches all four.
 
-The chain is read from a training config: bundle/configs/train.json by default, or the merged
-``config.json`` of a training run, so that a model is prepared as it was trained.
+The chain is read from a training config: the merged ``config.json`` of a training run, so that a
+model is prepared as it was trained; without one (a bare state dict), bundle/configs/train.json
+with the tutorial's options (:data:`CONFIGLESS_OPTIONS`: per-slice min-max, no crop), which is
+how every model saved before these options was trained.
 
 The chain holds both intensity options (train.json's ``intensity``), the unused one disabled with
 MONAI's ``_disabled_``. With ``"volume"`` the image is scaled by bounds the record carries
@@ -37,10 +39,18 @@ OPTIONS = ("intensity", "crop")
 # this project's transforms the exported bundle may hold: it vendors their code
 
 
+# a model without its run config (a bare state dict: the tutorial's, or one saved before these
+# options) was trained with the tutorial's chain: per-slice min-max, no crop, whatever train.json's
+# defaults have become since (its network and image size are still train.json's)
+CONFIGLESS_OPTIONS = {"intensity": "slice", "crop": "none"}
+
+
 def _config(config: str | Path | Mapping | None) -> dict:
     if isinstance(config, Mapping):
         return dict(config)
-    path = Path(config) if config is not None else TRAIN_CONFIG
+    if config is None:
+        return {**json.loads(TRAIN_CONFIG.read_text()), **CONFIGLESS_OPTIONS}
+    path = Path(config)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -69,7 +79,8 @@ def image_preprocessing(image_size: int = 256, config: str | Path | Mapping | No
 
     Args:
         image_size: side of the square the network sees. Default 256.
-        config: the training config the chain is read from. Default None: train.json.
+        config: the training config the chain is read from. Default None: train.json with
+            :data:`CONFIGLESS_OPTIONS` (a model without its run config).
 
     Raises:
         ValueError: ``image_size`` is not a positive integer, or the config is unusable.

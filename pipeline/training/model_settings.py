@@ -148,8 +148,8 @@ def trained_settings(checkpoint: str | Path) -> TrainedSettings:
     if config is None:
         logger.info(
             "%s has no run config beside it (%s of its run folder): the network settings and image "
-            "size are the defaults of %s; pass --network_def#... and --image_size if it was trained "
-            "with others",
+            "size are the defaults of %s, the preprocessing the tutorial's (per-slice min-max, no "
+            "crop); pass --network_def#... and --image_size if it was trained with others",
             path,
             CONFIG,
             TRAIN_CONFIG,

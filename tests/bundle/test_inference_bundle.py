@@ -48,7 +48,8 @@ def test_tiff_preprocessing_is_the_training_one(tmp_path):
     write_slice(image)
     mask = image.with_name("TCGA_AA_0001_20000101_1_mask.tif")
     tifffile.imwrite(mask, np.zeros((40, 48), np.uint8))
-    train = parser_of("train.json", image_size=32)
+    # without a run config the chain is the tutorial's (per-slice min-max): train.json's with it
+    train = parser_of("train.json", image_size=32, intensity="slice")
     infer = parser_of("inference.json", image_size=32, training_config=None)
     expected = train.get_parsed_content("validate#preprocessing")({"image": str(image), "label": str(mask)})[
         "image"
@@ -75,6 +76,7 @@ def test_the_preprocessing_is_defined_once_in_train_json(tmp_path):
     config = json.loads((CONFIGS / "train.json").read_text())
     (scale,) = [t for t in config["deterministic_transforms"] if t["_target_"] == "ScaleIntensityd"]
     scale["maxv"] = 2.0
+    config["intensity"] = "slice"  # ScaleIntensityd is the chain's scaling with it
     changed = tmp_path / "train.json"
     changed.write_text(json.dumps(config))
     image = tmp_path / "p" / "p_1.tif"

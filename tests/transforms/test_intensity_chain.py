@@ -104,7 +104,7 @@ def _clip_scale(x: np.ndarray, bounds) -> np.ndarray:
 
 
 def test_slice_keeps_the_tutorials_chain_byte_for_byte(pair):
-    chain = _chain(_train_config())
+    chain = _chain(_train_config(intensity="slice"))  # the tutorial's option (tutorial.json)
     assert [type(t).__name__ for t in chain] == [
         "LoadImaged",
         "EnsureChannelFirstd",
@@ -140,7 +140,7 @@ def test_volume_scales_each_channel_by_the_records_bounds(pair):
     by_hand = _clip_scale(_area(stored), BOUNDS)
     assert got["image"].dtype == torch.float32 and tuple(got["image"].shape) == (3, SIZE, SIZE)
     np.testing.assert_allclose(got["image"].numpy(), by_hand, rtol=0, atol=1e-5)
-    slice_chain = _run(_chain(_train_config()), pair)
+    slice_chain = _run(_chain(_train_config(intensity="slice")), pair)
     assert torch.equal(got["label"], slice_chain["label"])  # the mask is untouched by the option
     # the bounds decide: other bounds, other numbers
     other = _run(chain, dict(pair, intensity=[[0.0, 255.0]] * 3))["image"].numpy()
@@ -194,7 +194,7 @@ def test_inference_chains_follow_the_option(pair):
 def test_train_json_reads_the_option_in_one_place():
     """The option is one key; the chain holds both transforms, each enabled by it, and MLflow logs it."""
     config = json.loads((CONFIGS / "train.json").read_text())
-    assert config["intensity"] == "slice"
+    assert config["intensity"] == "volume"  # the default since the hard phantom's three seeds
     assert config["data"]["intensity"] == "@intensity"
     assert config["mlflow_tracking"]["experiment_param"]["intensity"] == "@intensity"
     flags = {t["_target_"]: t.get("_disabled_") for t in config["deterministic_transforms"]}

@@ -36,6 +36,13 @@ def _volume_config() -> dict:
     return config
 
 
+def _slice_config() -> dict:
+    """train.json with the tutorial's per-slice intensity (tutorial.json's; the default is "volume")."""
+    config = json.loads(TRAIN_CONFIG.read_text())
+    config["intensity"] = "slice"
+    return config
+
+
 @pytest.mark.parametrize("shape", [(256, 256), (240, 200), (128, 128), (96, 96), (130, 131)])
 @pytest.mark.parametrize("size", [128, 64])
 def test_a_tiff_slice_gets_the_numbers_of_monais_chain(tmp_path, shape, size):
@@ -44,7 +51,7 @@ def test_a_tiff_slice_gets_the_numbers_of_monais_chain(tmp_path, shape, size):
     image[: shape[0] // 3] = 0  # background, as a real slice has
     path = tmp_path / "slice.tif"
     tifffile.imwrite(path, image, photometric="rgb")
-    load, chain = _split(image_preprocessing(size))
+    load, chain = _split(image_preprocessing(size, _slice_config()))
     fast = fast_slice_chain(load, chain)
     assert fast is not None and fast.scale == "slice" and fast.side == size
 
@@ -63,7 +70,7 @@ def test_a_tiff_slice_gets_the_numbers_of_monais_chain(tmp_path, shape, size):
 
 
 def test_a_flat_slice_is_zeros_as_in_monai(tmp_path):
-    load, chain = _split(image_preprocessing(64))
+    load, chain = _split(image_preprocessing(64, _slice_config()))
     fast = fast_slice_chain(load, chain)
     flat = np.full((3, 128, 128), 77, dtype=np.uint8)
     expected = chain({"image": torch.as_tensor(flat)})["image"]
@@ -86,7 +93,7 @@ def test_a_volume_slice_with_volume_intensity_matches(dtype):
 
 
 def test_any_other_chain_is_left_to_monai():
-    load, chain = _split(image_preprocessing(64))
+    load, chain = _split(image_preprocessing(64, _slice_config()))
     others = [
         transforms.ComposeWithoutMeta([*chain.transforms[:2], chain.transforms[3]]),  # no Resized
         transforms.ComposeWithoutMeta([chain.transforms[2], chain.transforms[0], *chain.transforms[3:]]),
