@@ -59,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer files, patients and steps (~3 min)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the data and outputs (kept)")
+    parser.add_argument(
+        "--only-inference",
+        action="store_true",
+        help="section 4 alone (demo and full size; a short measurement without the rest)",
+    )
+    parser.add_argument(
+        "--demo-weights",
+        type=Path,
+        default=None,
+        help="with --only-inference: a state dict (a demo run's model.pt) for the demo network; "
+        "default: seeded untrained weights",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -74,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{'quick' if quick else 'full'} run, freed memory kept (pipeline.training.memory): {tuned}"
         )
         data_dir = dataset(out, 6 if quick else 10)
+        if args.only_inference:
+            say("\n== 4. inference: inference.json evaluator vs bare forward ==")
+            weights = None
+            if args.demo_weights is not None:
+                weights = torch.load(args.demo_weights, map_location="cpu", weights_only=True)
+            bench_inference(out / "bundle", data_dir, patients=2 if quick else 6, weights=weights)
+            bench_inference(out / "bundle", data_dir, patients=1, size="full")
+            say(f"\ntotal {time.perf_counter() - started:.0f} s")
+            return 0
         demo = bundle_parser(DEMO, out / "bundle", data_dir)
         records = demo.get_parsed_content("data").train
         bench_reading(records[: 100 if quick else 200], rounds=2 if quick else 3)

@@ -13,6 +13,8 @@ import tifffile
 from monai.data import ImageReader
 from monai.utils import MetaKeys
 
+from transforms.plain_tiff import read_plain_tiff
+
 __all__ = ["TiffReadError", "TiffReader", "read_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -41,7 +43,14 @@ def read_tiff(path: str | PathLike) -> tuple[np.ndarray, str]:
 
     Raises:
         TiffReadError: the file is missing, truncated or not a TIFF; the message names the file.
+
+    A plain file (one page, uncompressed, 8-bit, the kaggle_3m kind) is read by
+    :func:`transforms.plain_tiff.read_plain_tiff`, giving the same array and axes without
+    tifffile's per-file parsing; any other file, or one it cannot read, goes to tifffile.
     """
+    plain = read_plain_tiff(path)
+    if plain is not None:
+        return plain
     try:
         with tifffile.TiffFile(path) as tif:
             # one page is the common case and the fast one; a multi-page file is read as its first series

@@ -34,10 +34,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import tifffile
 
 from pipeline.atomic import write_atomically
 from pipeline.inference.input_record import NIFTI_SUFFIXES, InferenceInput
+from transforms.plain_tiff import tiff_bytes, write_bytes
 
 # columns (i) toward the patient's left, rows (j) toward posterior, slices (k) toward superior
 TIFF_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -128,10 +128,10 @@ def write_mask_files(inp: InferenceInput, mask_kji: np.ndarray, output_dir: Path
     out = inp.mask_path(output_dir)
     mask_kji = np.asarray(mask_kji, dtype=np.uint8)
     if inp.kind == "tiff":
-        for target, mask in zip(slice_mask_paths(inp, output_dir), mask_kji):
-            write_atomically(
-                target, lambda tmp, m=mask: tifffile.imwrite(tmp, m * np.uint8(255)), keep_suffix=True
-            )
+        # tifffile's bytes for each slice (transforms.plain_tiff: its header once, then the pixels)
+        for target, mask in zip(slice_mask_paths(inp, output_dir), mask_kji * np.uint8(255)):
+            data = tiff_bytes(mask)
+            write_atomically(target, lambda tmp, d=data: write_bytes(tmp, d), keep_suffix=True)
         _write_nifti(out, mask_kji.transpose(2, 1, 0), TIFF_AFFINE)
     elif "affine" in inp.geometry:
         _write_nifti(out, mask_kji.transpose(2, 1, 0), inp.geometry["affine"], inp.geometry.get("header"))

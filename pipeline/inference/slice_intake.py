@@ -117,7 +117,9 @@ class SliceIntake:
             self._complete(index)
 
     def _store(self, index: int, inp: InferenceInput, position: int, mask: np.ndarray, thumb: Any) -> None:
-        masks = self.pending.setdefault(index, np.zeros((inp.n_slices, *mask.shape), dtype=np.uint8))
+        masks = self.pending.get(index)
+        if masks is None:  # allocated once per input (setdefault would allocate for every slice)
+            masks = self.pending[index] = np.zeros((inp.n_slices, *mask.shape), dtype=np.uint8)
         if masks.shape[1:] != mask.shape:
             self.errors[index] = (
                 f"slice {position + 1} of {inp.path} is {mask.shape[0]} x {mask.shape[1]} pixels, the "
@@ -126,6 +128,8 @@ class SliceIntake:
             return
         masks[position] = mask
         if thumb is not None:
-            thumbs = self.flair.setdefault(index, np.zeros((inp.n_slices, *thumb.shape), dtype=np.float16))
+            thumbs = self.flair.get(index)
+            if thumbs is None:
+                thumbs = self.flair[index] = np.zeros((inp.n_slices, *thumb.shape), dtype=np.float16)
             if thumbs.shape[1:] == thumb.shape:
                 thumbs[position] = thumb

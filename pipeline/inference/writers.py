@@ -3,8 +3,8 @@
 :class:`MaskWriter` collects the per-slice probabilities of an evaluator, a batch at a time
 (:mod:`~pipeline.inference.slice_masks`): resized back to the slice's shape (bilinear) and
 thresholded, lesion where sigmoid(logit) > ``threshold``. When an input's last slice arrives its
-outputs are written on a background thread (:mod:`~pipeline.inference.background`) and its
-slices freed.
+outputs are written (on a background thread where that pays: :mod:`~pipeline.inference.background`)
+and its slices freed.
 
 Outputs under ``output_dir``, each written to a temporary file beside it and renamed: per input
 the mask in its (FLAIR's) geometry and, for a DICOM FLAIR series, a DICOM Segmentation
@@ -44,7 +44,7 @@ from ignite.engine import Engine, Events
 
 from pipeline.flags import truthy
 from pipeline.inference import report as report_html
-from pipeline.inference.background import BackgroundJobs
+from pipeline.inference.background import BackgroundJobs, background_pays
 from pipeline.inference.dicom_seg import write_seg
 from pipeline.inference.input_record import InferenceInput
 from pipeline.inference.lesion_stats import lesion_row, postprocess, write_csv
@@ -84,7 +84,9 @@ class MaskWriter(SliceIntake):
             the report and recorded in the DICOM Segmentations. Default None: all "unknown".
         dataset_dir: ``input_files`` in the CSV are relative to it. Default None: as found.
         background: write each input's outputs on a background thread while the next input is
-            predicted (:mod:`~pipeline.inference.background`). Default True.
+            predicted (:mod:`~pipeline.inference.background`). Default "auto": when it pays
+            (:func:`~pipeline.inference.background.background_pays` for the evaluator's device:
+            a GPU, or a spare CPU core); otherwise on the evaluator's thread.
 
     Raises:
         ValueError: ``threshold`` out of range, or ``output_dir`` would overwrite input masks or
@@ -101,7 +103,7 @@ class MaskWriter(SliceIntake):
         report: bool = True,
         model_info: Mapping[str, Any] | None = None,
         dataset_dir: str | os.PathLike | None = None,
-        background: bool = True,
+        background: bool | str = "auto",
     ):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), not {threshold}")
@@ -124,7 +126,8 @@ class MaskWriter(SliceIntake):
         self.finished = False
         self.skipped = frozenset(self._carry_over() if self.skip_existing else ())
         self.started = time.perf_counter()
-        self.jobs = BackgroundJobs(truthy(background))
+        self.background = background
+        self.jobs = BackgroundJobs(self._background(None))
 
     def _entry(self, inp: InferenceInput, status: str, row: dict | None = None, **extra: Any) -> None:
         self.entries[inp.name] = {
@@ -151,8 +154,15 @@ class MaskWriter(SliceIntake):
             logger.info("skip_existing: %d inputs already segmented in %s, kept", len(kept), self.output_dir)
         return kept
 
+    def _background(self, device: Any) -> bool:
+        auto = isinstance(self.background, str) and self.background.lower() == "auto"
+        return background_pays(device) if auto else truthy(self.background)
+
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
+            device = getattr(getattr(engine, "state", None), "device", None)
+            self.jobs.drain()  # none submitted yet: the thread's use decided for this engine's device
+            self.jobs = BackgroundJobs(self._background(device))
             engine.add_event_handler(Events.STARTED, lambda _: setattr(self, "started", time.perf_counter()))
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
             engine.add_event_handler(Events.COMPLETED, lambda _: self.finish())

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.inference.background import BackgroundJobs
+from pipeline.inference import background
+from pipeline.inference.background import BackgroundJobs, background_pays
 from pipeline.inference.slice_masks import batch_masks, batch_thumbnails
 
 
@@ -52,6 +53,26 @@ def test_without_background_jobs_run_at_once():
     jobs, seen = BackgroundJobs(background=False), []
     jobs.submit(lambda: seen.append(threading.current_thread().name))
     assert seen == [threading.current_thread().name]
+
+
+def test_the_thread_is_used_on_a_gpu_or_with_a_spare_core(monkeypatch):
+    monkeypatch.setattr(background.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not background_pays() and not background_pays("cpu")
+    assert background_pays("cuda") and background_pays(torch.device("cuda:0"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert background_pays("cpu")
+
+
+@pytest.mark.parametrize(
+    "option, spare, expected",
+    [("auto", True, True), ("auto", False, False), (True, False, True), ("false", True, False)],
+)
+def test_the_writer_asks_when_auto(monkeypatch, tmp_path, option, spare, expected):
+    from pipeline.inference import writers
+
+    monkeypatch.setattr(writers, "background_pays", lambda device=None: spare)
+    assert writers.MaskWriter([], tmp_path, background=option).jobs.background is expected
 
 
 def test_batched_masks_equal_the_per_slice_rule():

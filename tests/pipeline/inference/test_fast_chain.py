@@ -151,3 +151,18 @@ def test_crop_head_gets_the_numbers_of_monais_chain(tmp_path, intensity, box):
     np.testing.assert_allclose(got.numpy(), np.asarray(expected), atol=1e-5)
     by_hand = _hand_crop_then_area(array, box, 64, intensity, record["intensity"])
     np.testing.assert_allclose(got.numpy(), by_hand, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, side", [((256, 256), 128), ((256, 256), 64), ((240, 160), 80), ((9, 9), 9)])
+def test_uint8_block_sums_give_the_float_path_numbers_exactly(shape, side):
+    from pipeline.inference.fast_chain import _area, _area_uint8
+
+    rng = np.random.default_rng(side)
+    hwc = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    hwc[:5] = 255  # the largest sums
+    chw = np.moveaxis(hwc, -1, 0)  # as a TIFF slice is read: a view of the (H, W, C) file layout
+    resized, stored = _area_uint8(chw, side)
+    assert torch.equal(resized, _area(chw, side))
+    np.testing.assert_array_equal(stored, chw)
+    assert _area_uint8(chw.astype(np.uint16), side) is None
+    assert _area_uint8(chw[:, :, :-1], side) is None  # not an integer factor
