@@ -57,18 +57,27 @@ def demo_run(tmp_path_factory, tiny_phantom):
 
 
 def _split(root: Path) -> dict:
-    (split,) = (root / "outputs" / "splits").glob("phantom_demo-*.json")
+    # the split file itself, not its per-patient caches (<split>.intensity.json, .head_box.json)
+    (split,) = [
+        p for p in (root / "outputs" / "splits").glob("phantom_demo-*.json") if p.suffixes == [".json"]
+    ]
     return json.loads(split.read_text())
 
 
 def _probabilities(model: Path, images: list[Path]) -> np.ndarray:
-    """tifffile + torch only: the demo network at 64 px, probabilities resized back (bilinear)."""
+    """numpy + torch only: the demo network at 64 px, probabilities resized back (bilinear)."""
     network = UNet(n_filters=2, depth=3, dropout=0.0)
     network.load_state_dict(torch.load(model, weights_only=True))
     network.eval()
     rgb = np.stack([np.moveaxis(tifffile.imread(p), -1, 0) for p in images]).astype(np.float32)
-    low, high = rgb.min(axis=(1, 2, 3), keepdims=True), rgb.max(axis=(1, 2, 3), keepdims=True)
-    x = F.interpolate(torch.from_numpy((rgb - low) / (high - low)), size=(64, 64), mode="area")
+    # train.json's default intensity, per volume, by hand: each channel's 1st..99th percentile of
+    # the head voxels (brightest channel above 10% of its 99.9th percentile), applied after the resize
+    brightest = rgb.max(axis=1)
+    head = brightest > 0.1 * np.percentile(brightest.astype(np.float64), 99.9)
+    bounds = np.array([np.percentile(rgb[:, c][head].astype(np.float64), (1, 99)) for c in range(3)])
+    lo, width = bounds[:, 0].reshape(1, 3, 1, 1), (bounds[:, 1] - bounds[:, 0]).reshape(1, 3, 1, 1)
+    area = F.interpolate(torch.from_numpy(rgb), size=(64, 64), mode="area").numpy()
+    x = torch.from_numpy(np.clip((area - lo) / width, 0, 1).astype(np.float32))
     with torch.no_grad():
         prob = torch.sigmoid(network(x))
     return F.interpolate(prob, size=rgb.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
@@ -261,5 +270,8 @@ def test_explicit_values_win_and_another_size_runs_only_when_allowed(demo_run, c
     assert {m.p for m in network.modules() if isinstance(m, torch.nn.Dropout)} == {0.5}  # the run's: 0.0
     assert "was trained at 64 px" in caplog.text and "is run at 32 px" in caplog.text
     assert "given in the config or command line: dropout=0.5" in caplog.text
-    prepared = workflow.parser.get_parsed_content("preprocessing")({"image": str(image)})["image"]
+    bounds = [[0.0, 255.0]] * 3  # the run's intensity is train.json's default, per volume
+    prepared = workflow.parser.get_parsed_content("preprocessing")(
+        {"image": str(image), "intensity": bounds}
+    )["image"]
     assert tuple(prepared.shape) == (3, 32, 32)

@@ -178,7 +178,15 @@ def test_inference_json_with_a_one_fold_crossval_writes_the_masks_of_its_model(t
     write_fold_run(outputs, "cv2", 1, 2, models[1], {"train": [], "val": []})
     two = infer(tmp_path / "two", crossval=str(outputs / "runs" / "cv2-fold1"))
     by_hand = tmp_path / "by_hand"
-    run_inference(phantom, fold_ensemble(outputs / "crossval" / "cv2"), by_hand, image_size=64, report=False)
+    folds_config = outputs / "runs" / "cv2-fold0" / "config.json"  # the folds' recipe (train.json's)
+    run_inference(
+        phantom,
+        fold_ensemble(outputs / "crossval" / "cv2"),
+        by_hand,
+        image_size=64,
+        report=False,
+        training_config=folds_config,
+    )
     for name, mask in two.items():
         np.testing.assert_array_equal(mask, np.asarray(nib.load(by_hand / name).dataobj))
         assert not np.array_equal(mask, single[name])
