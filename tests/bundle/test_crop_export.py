@@ -15,16 +15,9 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from networks import UNet
+from tests.pipeline.export.support import NETWORK
 from tests.support import CONFIGS
 
-NETWORK = {
-    "_target_": "networks.UNet",
-    "channels_in": 3,
-    "n_classes": 1,
-    "depth": 3,
-    "n_filters": 2,
-    "dropout": 0.6,
-}
 SIDE = 64
 
 
